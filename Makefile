@@ -1,0 +1,37 @@
+# Two commands set everything up: `make demo` and `make test`.
+# The virtual environment lives in .venv/ and is rebuilt only when pyproject.toml changes.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+SERVE  ?= 1
+UV_VERSION := 0.13.8
+
+.PHONY: demo test lint typecheck check bench-store clean
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@$(BIN)/python -m pip install -q --disable-pip-version-check uv==$(UV_VERSION)
+	$(BIN)/uv pip install --python $(BIN)/python -e '.[dev]'
+	@command -v java >/dev/null 2>&1 || $(BIN)/uv pip install --python $(BIN)/python -e '.[java]'
+	@touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/lookalike demo $(if $(filter 0 no false,$(SERVE)),--no-serve,)
+
+test: $(STAMP)
+	$(BIN)/pytest
+
+lint: $(STAMP)
+	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+check: lint typecheck test
+
+bench-store: $(STAMP)
+	$(BIN)/python -m bench.store
+
+clean:
+	rm -rf $(VENV) data .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""Extraction: Kafka reader -> decoder -> CNN -> store writer, each testable alone."""

@@ -1,0 +1,147 @@
+"""The CNN: VGG16 fc7 (4096) or ResNet-50 pooled (2048), L2-normalised outputs.
+
+Weights come from an explicit path, else torchvision's file in the torch cache; random
+weights only when allowed, with a loud warning (never in production).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+import torch
+import torchvision
+from PIL import Image
+from torch import nn
+from torchvision.transforms import v2
+
+from schemas.codec import l2_normalise
+from schemas.records import ModelInfo
+
+log = logging.getLogger(__name__)
+RANDOM_SEED = 0
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    dim: int
+    weights_file: str  # torchvision's checkpoint name, as it lands in the torch cache
+    build: Callable[[], nn.Module]  # the full network, untrained
+    head: Callable[[nn.Module], nn.Module]  # the network cut at the feature layer
+
+
+def _vgg16_fc7(net: nn.Module) -> nn.Module:
+    assert isinstance(net, torchvision.models.VGG)
+    # classifier = [fc6, relu, dropout, fc7, relu, dropout, fc8]: keep up to fc7's ReLU.
+    return nn.Sequential(net.features, net.avgpool, nn.Flatten(1), *list(net.classifier)[:5])
+
+
+def _resnet50_pool(net: nn.Module) -> nn.Module:
+    assert isinstance(net, torchvision.models.ResNet)
+    net.fc = nn.Identity()  # type: ignore[assignment]
+    return net
+
+
+SPECS = {
+    "vgg16_fc7": ModelSpec(
+        "vgg16_fc7", 4096, "vgg16-397923af.pth",
+        lambda: torchvision.models.vgg16(weights=None), _vgg16_fc7,
+    ),
+    "resnet50_pool": ModelSpec(
+        "resnet50_pool", 2048, "resnet50-11ad3fa6.pth",
+        lambda: torchvision.models.resnet50(weights=None), _resnet50_pool,
+    ),
+}
+
+
+class WeightsMissing(RuntimeError):
+    """No pretrained weights where we looked, and random weights are not allowed."""
+
+
+def find_weights(spec: ModelSpec, explicit: Path | None) -> Path | None:
+    """An explicit path must exist; otherwise look in the torch cache."""
+    if explicit is not None:
+        if not explicit.is_file():
+            raise WeightsMissing(f"LOOKALIKE_MODEL_WEIGHTS={explicit} is not a file")
+        return explicit
+    cached = Path(torch.hub.get_dir()) / "checkpoints" / spec.weights_file
+    return cached if cached.is_file() else None
+
+
+def pick_device(setting: str) -> torch.device:
+    if setting == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(setting)
+
+
+class FeatureModel:
+    """A CNN cut at its feature layer: preprocess PIL images, embed batches."""
+
+    def __init__(self, spec: ModelSpec, net: nn.Module, info: ModelInfo, device: torch.device) -> None:
+        self.spec, self.info, self.device = spec, info, device
+        self.net = net.eval().to(device)
+        self.transform = v2.Compose([
+            v2.PILToTensor(),
+            v2.Resize(256, antialias=True),
+            v2.CenterCrop(224),
+            v2.ToDtype(torch.float32, scale=True),
+            v2.Normalize(mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225]),
+        ])
+
+    def preprocess(self, image: Image.Image) -> torch.Tensor:
+        out: torch.Tensor = self.transform(image)
+        return out
+
+    @torch.inference_mode()
+    def embed(self, batch: torch.Tensor) -> npt.NDArray[np.float32]:
+        """(n, 3, 224, 224) -> (n, dim), L2-normalised float32."""
+        out = self.net(batch.to(self.device, non_blocking=True))
+        return l2_normalise(out.float().cpu().numpy())
+
+    def embed_images(self, images: list[Image.Image]) -> npt.NDArray[np.float32]:
+        if not images:
+            return np.zeros((0, self.info.dim), dtype=np.float32)
+        return self.embed(torch.stack([self.preprocess(i) for i in images]))
+
+
+def load_model(
+    name: str,
+    *,
+    weights: Path | None = None,
+    allow_random: bool = False,
+    dtype: str = "float16",
+    device: str = "auto",
+) -> FeatureModel:
+    if name not in SPECS:
+        raise ValueError(f"model must be one of {sorted(SPECS)}, got {name!r}")
+    spec = SPECS[name]
+    path = find_weights(spec, weights)
+    net = spec.build() if path else _seeded(spec.build)
+    if path is not None:
+        net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+        source = f"file:{path}"
+    elif allow_random:
+        log.warning(
+            "NO PRETRAINED WEIGHTS for %s: using RANDOM weights (seed %d). Similarity will be "
+            "poor. Put torchvision's %s in %s/checkpoints or set LOOKALIKE_MODEL_WEIGHTS.",
+            name, RANDOM_SEED, spec.weights_file, torch.hub.get_dir(), )
+        source = f"random:seed={RANDOM_SEED}"
+    else:
+        raise WeightsMissing(
+            f"no pretrained weights for {name}: put torchvision's {spec.weights_file} in "
+            f"{torch.hub.get_dir()}/checkpoints, or set LOOKALIKE_MODEL_WEIGHTS=/path/to/file.pth"
+        )
+    info = ModelInfo(name=name, version=source.rsplit("/", 1)[-1], dim=spec.dim, dtype=dtype, weights=source)
+    return FeatureModel(spec, spec.head(net), info, pick_device(device))
+
+
+def _seeded(build: Callable[[], nn.Module]) -> nn.Module:
+    """Random weights, the same on every machine: seed a private generator state."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(RANDOM_SEED)
+        return build()

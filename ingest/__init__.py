@@ -1,0 +1,1 @@
+"""Ingest: producers for images and stock, and the embedded broker's launcher."""

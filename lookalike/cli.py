@@ -1,0 +1,202 @@
+"""The ``lookalike`` command: one subcommand per stage, each usable alone."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.logging import RichHandler
+
+from lookalike.settings import ApiSettings, CoreSettings, KafkaSettings, ModelSettings, check_environment
+
+app = typer.Typer(no_args_is_help=True, help="Lookalike: find listings that look like a photo.")
+schema_app = typer.Typer(no_args_is_help=True, help="Create and inspect the store's tables.")
+ingest_app = typer.Typer(no_args_is_help=True, help="Produce images and stock to Kafka.")
+app.add_typer(schema_app, name="schema")
+app.add_typer(ingest_app, name="ingest")
+console = Console(width=None if sys.stdout.isatty() else 160)
+err = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
+
+
+class UserError(Exception):
+    """A problem the user can fix; printed without a traceback, exit code 2."""
+
+
+@app.callback()
+def _setup() -> None:
+    try:
+        check_environment()
+        level = CoreSettings().log_level.upper()
+    except ValueError as exc:
+        _fail(str(exc))
+    logging.basicConfig(
+        level=level, format="%(message)s", datefmt="[%X]",
+        handlers=[RichHandler(console=err, show_path=False, rich_tracebacks=True)],
+    )
+    logging.getLogger("py4j").setLevel(logging.WARNING)
+
+
+def _fail(message: str) -> None:
+    err.print(f"[bold red]error:[/] {message}")
+    raise typer.Exit(2)
+
+
+@schema_app.command("apply")
+def schema_apply() -> None:
+    """Create or migrate the tables (idempotent)."""
+    from store import open_store
+
+    store = open_store(CoreSettings().store_url())
+    applied = store.apply_schema()
+    console.print(f"applied: {', '.join(applied) or 'nothing (up to date)'}")
+
+
+@schema_app.command("show")
+def schema_show() -> None:
+    """Print the schema versions applied to the store."""
+    from store import open_store
+
+    store = open_store(CoreSettings().store_url())
+    versions = getattr(store, "applied_versions", lambda: [])()
+    for version, at in versions:
+        console.print(f"{version}  applied {at}")
+    if not versions:
+        console.print("no schema applied yet: run `lookalike schema apply`")
+
+
+@ingest_app.command("images")
+def ingest_images(
+    folder: Annotated[Path, typer.Argument(help="one subfolder per listing, named after it")],
+    by_reference: Annotated[bool, typer.Option(help="send file:// references, not bytes")] = False,
+    skip_bad: Annotated[bool, typer.Option(help="skip non-image files instead of failing")] = False,
+) -> None:
+    """Produce every image of a folder to the images topic (stable ids: re-sending is harmless)."""
+    from ingest.catalogue import CatalogueError, scan_folder
+    from ingest.producer import KafkaProducer, MessageTooLarge, image_messages, send_images
+
+    kafka = KafkaSettings()
+    try:
+        catalogue = scan_folder(folder, skip_bad=skip_bad)
+        with KafkaProducer(kafka.client_config(), kafka.max_message_bytes) as producer:
+            n = send_images(producer, kafka.images_topic, image_messages(catalogue, by_reference=by_reference))
+    except (CatalogueError, MessageTooLarge, ValueError) as exc:
+        _fail(str(exc))
+    console.print(f"produced {n} images of {len(catalogue.listings)} listings to {kafka.images_topic}")
+
+
+@ingest_app.command("stock")
+def ingest_stock(csv_file: Annotated[Path, typer.Argument(help="CSV with columns listing,inventory")]) -> None:
+    """Produce stock levels to the stock topic."""
+    from ingest.catalogue import Catalogue, CatalogueError, read_stock
+    from ingest.producer import KafkaProducer, catalogue_stock, send_stock
+
+    kafka = KafkaSettings()
+    try:
+        if not csv_file.is_file():
+            raise CatalogueError(f"{csv_file} is not a file")
+        levels = catalogue_stock(Catalogue(csv_file.parent, [], read_stock(csv_file)))
+        with KafkaProducer(kafka.client_config(), kafka.max_message_bytes) as producer:
+            n = send_stock(producer, kafka.stock_topic, levels)
+    except (CatalogueError, ValueError) as exc:
+        _fail(str(exc))
+    console.print(f"produced {n} stock levels to {kafka.stock_topic}")
+
+
+@app.command()
+def extract(drain: Annotated[bool, typer.Option(help="exit once the topic is drained")] = False) -> None:
+    """Run an extract worker in the consumer group until Ctrl-C (or drained)."""
+    from lookalike import stack
+
+    try:
+        store, kafka = stack.configured_store(), KafkaSettings()
+        kafka.client_config()
+        model = stack.configured_model()
+        stats, handler = stack.run_extract(store, model, kafka, ModelSettings(), drain=drain)
+    except (ValueError, RuntimeError) as exc:
+        _fail(str(exc))
+    console.print(f"stored {handler.times.images} vectors, {handler.times.dead_letters} dead letters")
+
+
+@app.command("sync-stock")
+def sync_stock(drain: Annotated[bool, typer.Option(help="exit once the topic is drained")] = False) -> None:
+    """Follow the stock topic into the store's stock_level table."""
+    from lookalike import stack
+
+    try:
+        stats = stack.run_stock_sync(stack.configured_store(), KafkaSettings(), drain=drain)
+    except (ValueError, RuntimeError) as exc:
+        _fail(str(exc))
+    console.print(f"applied {stats.messages} stock updates")
+
+
+@app.command()
+def search(
+    image: Annotated[Path | None, typer.Option(help="a photo to search with")] = None,
+    image_id: Annotated[str | None, typer.Option(help="an indexed image's id")] = None,
+    listing_id: Annotated[str | None, typer.Option(help="a listing's id (its images combined)")] = None,
+    k: Annotated[int, typer.Option(min=1, max=1000, help="listings to return")] = 10,
+    aggregation: Annotated[str, typer.Option(help="max | mean_top_n | count_above")] = "max",
+    in_stock_only: Annotated[bool, typer.Option(help="leave out listings without stock")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
+) -> None:
+    """Find listings similar to an image, an image id or a listing id in the stored catalogue."""
+    from search.cli_query import run_search
+
+    try:
+        answer = run_search(image, image_id, listing_id, k, aggregation, in_stock_only)
+    except (ValueError, KeyError, RuntimeError, OSError) as exc:
+        _fail(str(exc))
+    if as_json:
+        sys.stdout.write(json.dumps(answer.as_json(), indent=2) + "\n")
+    else:
+        from lookalike.output import print_answer
+
+        print_answer(console, answer, "Similar listings")
+
+
+@app.command()
+def serve() -> None:
+    """Serve the HTTP API and the web page."""
+    import uvicorn
+
+    from api.app import create_app
+
+    settings = ApiSettings()
+    uvicorn.run(create_app(), host=settings.host, port=settings.port)
+
+
+@app.command()
+def demo(
+    images: Annotated[Path | None, typer.Option(help="your own folder: one subfolder per listing")] = None,
+    serve_api: Annotated[bool, typer.Option("--serve/--no-serve", help="keep the API up afterwards")] = True,
+) -> None:
+    """The whole pipeline on the embedded defaults, then the API on http://127.0.0.1:8000."""
+    from ingest.catalogue import CatalogueError
+    from lookalike.demo import run_demo
+
+    try:
+        result = run_demo(images, console)
+    except CatalogueError as exc:
+        _fail(str(exc))
+    if serve_api:
+        _serve_demo(result)
+
+
+def _serve_demo(result: Any) -> None:
+    import uvicorn
+
+    from api.app import create_app
+
+    settings = ApiSettings()
+    console.print(f"API and web page on http://{settings.host}:{settings.port}  (Ctrl-C to stop)")
+    console.print(f"  curl -F image=@photo.jpg http://{settings.host}:{settings.port}/v1/search")
+    uvicorn.run(create_app(service=result.service), host=settings.host, port=settings.port, log_level="warning")
+
+
+if __name__ == "__main__":
+    app()

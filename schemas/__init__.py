@@ -1,0 +1,1 @@
+"""The contracts: CQL (source of truth), message formats, typed records, the vector codec."""

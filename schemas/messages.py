@@ -1,0 +1,81 @@
+"""Kafka message formats.
+
+``lookalike.images``: key = listing_id (so one listing's images share a partition); value = the
+image bytes, or a reference URI (``file://``, ``http(s)://``) with content type
+``text/uri-list``; ids, names and content type travel in headers.
+``lookalike.stock``: key = listing_id; value = JSON ``{"listing_id", "inventory", "etag"}``.
+``lookalike.images.dlq``: the original message, plus ``error`` and ``error_stage`` headers.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import dataclass
+
+from schemas.records import StockLevel
+
+FORMAT_VERSION = "1"
+URI_LIST = "text/uri-list"
+Headers = list[tuple[str, bytes]]
+
+
+class MessageError(ValueError):
+    """A message that does not follow the contract; it goes to the dead-letter topic."""
+
+
+@dataclass(frozen=True)
+class ImageMessage:
+    listing_id: uuid.UUID
+    image_id: uuid.UUID
+    listing_name: str
+    content_type: str  # image/jpeg, image/png, ... or text/uri-list for a reference
+    source: str  # where it came from (a file URI, an upload), kept as images.uri
+    payload: bytes
+
+    @property
+    def is_reference(self) -> bool:
+        return self.content_type == URI_LIST
+
+    def key(self) -> bytes:
+        return str(self.listing_id).encode()
+
+    def headers(self) -> Headers:
+        return [
+            ("format", FORMAT_VERSION.encode()),
+            ("listing_id", str(self.listing_id).encode()),
+            ("image_id", str(self.image_id).encode()),
+            ("listing_name", self.listing_name.encode()),
+            ("content_type", self.content_type.encode()),
+            ("source", self.source.encode()),
+        ]
+
+    @staticmethod
+    def from_kafka(headers: Headers | None, value: bytes | None) -> ImageMessage:
+        h = {k: v.decode("utf-8", "replace") for k, v in (headers or []) if v is not None}
+        missing = [k for k in ("listing_id", "image_id", "content_type") if k not in h]
+        if missing:
+            raise MessageError(f"missing headers {missing}")
+        try:
+            listing, image = uuid.UUID(h["listing_id"]), uuid.UUID(h["image_id"])
+        except ValueError as exc:
+            raise MessageError(f"bad id header: {exc}") from None
+        if not value:
+            raise MessageError("empty message value")
+        return ImageMessage(
+            listing, image, h.get("listing_name", ""), h["content_type"], h.get("source", ""), value
+        )
+
+
+def stock_value(level: StockLevel) -> bytes:
+    return json.dumps(
+        {"listing_id": str(level.listing_id), "inventory": level.inventory, "etag": str(level.etag)}
+    ).encode()
+
+
+def parse_stock(value: bytes | None) -> StockLevel:
+    try:
+        doc = json.loads(value or b"")
+        return StockLevel(uuid.UUID(doc["listing_id"]), int(doc["inventory"]), uuid.UUID(doc["etag"]))
+    except (ValueError, KeyError, TypeError) as exc:
+        raise MessageError(f"bad stock message: {exc}") from None

@@ -1,0 +1,83 @@
+"""Scoring shared by the in-memory engine and the Spark job, so both give one answer.
+
+Vectors are grouped by listing (a listing's rows contiguous). A listing's score aggregates
+its images' scores; ties rank by listing id (bytes order, which is also UUID-string order).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import numpy.typing as npt
+
+Aggregation = Literal["max", "mean_top_n", "count_above"]
+AGGREGATIONS: tuple[str, ...] = ("max", "mean_top_n", "count_above")
+MAX_K = 1000  # the most listings a caller may ask for
+F32 = npt.NDArray[np.float32]
+I64 = npt.NDArray[np.int64]
+
+
+@dataclass(frozen=True)
+class ScoreOptions:
+    k: int = 10
+    aggregation: Aggregation = "max"
+    top_n: int = 3  # for mean_top_n
+    threshold: float = 0.8  # for count_above
+    min_score: float | None = None
+    max_matches: int = 5  # matched images reported per listing
+
+    def __post_init__(self) -> None:
+        if self.k < 1:
+            raise ValueError(f"k must be at least 1, got {self.k}")
+        if self.aggregation not in AGGREGATIONS:
+            raise ValueError(f"aggregation must be one of {AGGREGATIONS}, got {self.aggregation!r}")
+        if self.top_n < 1:
+            raise ValueError(f"top_n must be at least 1, got {self.top_n}")
+
+
+def group_starts(listing_ids: npt.NDArray[np.bytes_]) -> I64:
+    """Start row of each run of equal listing ids (rows must be grouped by listing)."""
+    if len(listing_ids) == 0:
+        return np.zeros(0, dtype=np.int64)
+    change = np.flatnonzero(listing_ids[1:] != listing_ids[:-1]) + 1
+    return np.concatenate([[0], change]).astype(np.int64)
+
+
+def aggregate(scores: F32, starts: I64, opts: ScoreOptions) -> F32:
+    """One score per listing from its images' scores."""
+    if len(starts) == 0:
+        return np.zeros(0, dtype=np.float32)
+    if opts.aggregation == "max":
+        return np.maximum.reduceat(scores, starts).astype(np.float32)
+    codes = np.repeat(np.arange(len(starts)), np.diff(np.append(starts, len(scores))))
+    if opts.aggregation == "count_above":
+        return np.bincount(codes, weights=scores >= opts.threshold, minlength=len(starts)).astype(np.float32)
+    order = np.lexsort((-scores, codes))  # by listing, best image first
+    rank = np.arange(len(scores)) - starts[codes[order]]
+    keep = order[rank < opts.top_n]
+    sums = np.bincount(codes[keep], weights=scores[keep], minlength=len(starts))
+    counts = np.bincount(codes[keep], minlength=len(starts))
+    return (sums / counts).astype(np.float32)
+
+
+def rank(listing_scores: F32, listing_ids: npt.NDArray[np.bytes_], allowed: npt.NDArray[np.bool_], opts: ScoreOptions) -> I64:
+    """Indices of the allowed listings, best first (score desc, then listing id), at most k."""
+    ok = allowed.copy()
+    if opts.min_score is not None:
+        ok &= listing_scores >= opts.min_score
+    candidates = np.flatnonzero(ok)
+    if len(candidates) > opts.k:
+        # Keep everything tied with the k-th score so the id tie-break stays exact.
+        kth = np.partition(-listing_scores[candidates], opts.k - 1)[opts.k - 1]
+        candidates = candidates[-listing_scores[candidates] <= kth]
+    order = np.lexsort((listing_ids[candidates], -listing_scores[candidates]))
+    return candidates[order][: opts.k].astype(np.int64)
+
+
+def matches(scores: F32, start: int, stop: int, max_matches: int) -> list[tuple[int, float]]:
+    """A listing's images (row index, score), best first, ties by row order."""
+    part = scores[start:stop]
+    order = np.lexsort((np.arange(len(part)), -part))[:max_matches]
+    return [(start + int(i), float(part[i])) for i in order]

@@ -1,0 +1,1 @@
+"""Spark jobs: the same scoring as the in-memory engine, at cluster scale."""

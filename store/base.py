@@ -1,0 +1,88 @@
+"""The storage interface every stage talks to. One module per backend implements it."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from schemas.records import Extracted, FeatureBatch, ImageRecord, ModelInfo, StockLevel
+
+QUERY_TTL_SECONDS = 7 * 24 * 3600
+
+
+class StoreError(RuntimeError):
+    """The store could not do what was asked (bad URL, missing data)."""
+
+
+class StoreUnavailable(StoreError):
+    """The store cannot be reached right now; retry later (API: 503)."""
+
+
+@dataclass(frozen=True)
+class ResultRow:
+    """One row of `query_results`."""
+
+    score: float
+    listing_id: uuid.UUID
+    listing_name: str
+    inventory: int | None
+    matches: tuple[tuple[uuid.UUID, float], ...]
+
+
+class Store(Protocol):
+    """What the pipeline needs from storage; SQLite and Cassandra implement it."""
+
+    url: str
+
+    def apply_schema(self) -> list[str]:
+        """Create or migrate tables; idempotent. Returns the versions applied now."""
+        ...
+
+    def put_model(self, info: ModelInfo) -> None: ...
+
+    def get_model(self, name: str) -> ModelInfo | None: ...
+
+    def write_extracted(self, batch: Sequence[Extracted], dtype: str) -> None:
+        """Upsert images, listings and features of a batch; idempotent."""
+        ...
+
+    def existing_images(self, image_ids: Sequence[uuid.UUID], model: str) -> set[uuid.UUID]:
+        """Which of these images already have a vector of this model."""
+        ...
+
+    def scan_features(
+        self, model: ModelInfo, shard: int = 0, shards: int = 1, batch_size: int = 4096
+    ) -> Iterator[FeatureBatch]:
+        """Every vector of one model in shard `shard` of `shards` (split by listing),
+        each row exactly once; a listing's rows are contiguous and never span shards."""
+        ...
+
+    def listing_features(self, listing_id: uuid.UUID, model: ModelInfo) -> FeatureBatch: ...
+
+    def image_listing(self, image_id: uuid.UUID) -> uuid.UUID | None: ...
+
+    def image_record(self, image_id: uuid.UUID) -> ImageRecord | None:
+        """Where an image's pixels live."""
+        ...
+
+    def listing_names(self, listing_ids: Sequence[uuid.UUID]) -> Mapping[uuid.UUID, str]: ...
+
+    def put_stock(self, levels: Sequence[StockLevel]) -> None: ...
+
+    def get_stock(self, listing_ids: Sequence[uuid.UUID]) -> Mapping[uuid.UUID, StockLevel]: ...
+
+    def all_stock(self) -> list[StockLevel]: ...
+
+    def write_query_results(
+        self, query_id: uuid.UUID, rows: Sequence[ResultRow], ttl: int = QUERY_TTL_SECONDS
+    ) -> None: ...
+
+    def read_query_results(self, query_id: uuid.UUID, k: int | None = None) -> list[ResultRow]:
+        """Best first, at most k."""
+        ...
+
+    def count(self, table: str) -> int: ...
+
+    def close(self) -> None: ...

@@ -1,0 +1,303 @@
+"""Cassandra backend (production): ``cassandra://h1,h2[:port]/keyspace?dc=dc1``.
+
+The tables are ``schemas/cql/*.cql``. CQL lives in the named constants below; each is
+prepared once per session (see :mod:`store.cassandra_session`). Writes and multi-key reads
+go out concurrently with a bounded number in flight; full scans read token ranges in parallel
+(see :mod:`store.cassandra_scan`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+from collections.abc import Iterator, Mapping, Sequence
+
+import numpy as np
+
+from schemas import codec
+from schemas.records import Extracted, FeatureBatch, ImageRecord, ModelInfo, StockLevel, utcnow
+from store import cassandra_schema
+from store.base import QUERY_TTL_SECONDS, ResultRow
+from store.cassandra_scan import TokenRange, ordered_parallel, shard_ranges
+from store.cassandra_schema import utc
+from store.cassandra_session import CqlSession, Row
+from store.cassandra_settings import CassandraSettings, parse_url
+
+log = logging.getLogger(__name__)
+
+TABLES = (
+    "features",
+    "images",
+    "images_by_id",
+    "listings",
+    "stock_level",
+    "query_results",
+    "models",
+)
+MAX_TTL_SECONDS = 630_720_000  # Cassandra's limit: 20 years
+
+# -- data ---------------------------------------------------------------------------------
+INSERT_MODEL = (
+    "INSERT INTO models (name, version, dim, dtype, weights, created_at) VALUES (?, ?, ?, ?, ?, ?)"
+)
+SELECT_MODEL = "SELECT name, version, dim, dtype, weights FROM models WHERE name = ?"
+INSERT_FEATURE = (
+    "INSERT INTO features (listing_id, model, image_id, feature_vector, created_at) "
+    "VALUES (?, ?, ?, ?, ?)"
+)
+INSERT_IMAGE = (
+    "INSERT INTO images (listing_id, image_id, uri, content_type, width, height, size_bytes, "
+    "ingested_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+)
+INSERT_IMAGE_BY_ID = "INSERT INTO images_by_id (image_id, listing_id) VALUES (?, ?)"
+INSERT_LISTING = "INSERT INTO listings (listing_id, name, updated_at) VALUES (?, ?, ?)"
+SELECT_IMAGE_LISTING = "SELECT listing_id FROM images_by_id WHERE image_id = ?"
+SELECT_IMAGE = (
+    "SELECT listing_id, image_id, uri, content_type, width, height, size_bytes, ingested_at "
+    "FROM images WHERE listing_id = ? AND image_id = ?"
+)
+SELECT_FEATURE_KEY = (
+    "SELECT image_id FROM features WHERE listing_id = ? AND model = ? AND image_id = ?"
+)
+SELECT_LISTING_FEATURES = (
+    "SELECT listing_id, image_id, feature_vector FROM features WHERE listing_id = ? AND model = ?"
+)
+SCAN_FEATURES = (
+    "SELECT listing_id, image_id, feature_vector FROM features "
+    "WHERE token(listing_id) > ? AND token(listing_id) <= ? AND model = ? ALLOW FILTERING"
+)
+SELECT_LISTING_NAME = "SELECT listing_id, name FROM listings WHERE listing_id = ?"
+INSERT_STOCK = "INSERT INTO stock_level (listing_id, inventory, etag) VALUES (?, ?, ?)"
+SELECT_STOCK = "SELECT listing_id, inventory, etag FROM stock_level WHERE listing_id = ?"
+SELECT_ALL_STOCK = "SELECT listing_id, inventory, etag FROM stock_level"
+INSERT_RESULT = (
+    "INSERT INTO query_results (query_id, score, listing_id, listing_name, inventory, matches, "
+    "created_at) VALUES (?, ?, ?, ?, ?, ?, ?) USING TTL ?"
+)
+SELECT_RESULTS = (
+    "SELECT score, listing_id, listing_name, inventory, matches FROM query_results "
+    "WHERE query_id = ?"
+)
+SELECT_RESULTS_TOP = SELECT_RESULTS + " LIMIT ?"
+COUNT_ROWS = "SELECT count(*) FROM {table}"
+
+
+def _f32(x: float) -> float:
+    """Scores are CQL `float` (32-bit): round the same way in every backend."""
+    return float(np.float32(x))
+
+
+class CassandraStore:
+    """The production store. Thread-safe; connects in the constructor."""
+
+    def __init__(self, url: str, settings: CassandraSettings | None = None) -> None:
+        self.url = url
+        self.target = parse_url(url)
+        self.settings = settings if settings is not None else CassandraSettings()
+        self._cql = CqlSession(self.target, self.settings)
+
+    def __repr__(self) -> str:
+        user = self.settings.username or None
+        return f"CassandraStore(url={self.url!r}, user={user!r}, tls={self.settings.tls})"
+
+    # -- schema ---------------------------------------------------------------------------
+    def apply_schema(self) -> list[str]:
+        """Create the keyspace, then apply the CQL files not applied yet, in order, under a
+        cluster-wide lock, so several machines may run it at once. Returns the versions
+        applied now."""
+        return cassandra_schema.apply_schema(self._cql)
+
+    def applied_versions(self) -> list[tuple[str, str]]:
+        """(version, applied_at ISO 8601) of every applied CQL file, in order."""
+        return cassandra_schema.applied_versions(self._cql)
+
+    # -- models ---------------------------------------------------------------------------
+    def put_model(self, info: ModelInfo) -> None:
+        params = (info.name, info.version, info.dim, info.dtype, info.weights, utcnow())
+        self._cql.execute(INSERT_MODEL, params, write=True)
+
+    def get_model(self, name: str) -> ModelInfo | None:
+        row = self._cql.execute(SELECT_MODEL, (name,)).one()
+        return ModelInfo(row[0], row[1], int(row[2]), row[3], row[4]) if row else None
+
+    # -- writes from the extract worker ---------------------------------------------------
+    def write_extracted(self, batch: Sequence[Extracted], dtype: str) -> None:
+        """Images, their id index and listings first, vectors last: a vector that is
+        there (what existing_images looks at) means the rest of its image is there too."""
+        now = utcnow()
+        features = [
+            (
+                INSERT_FEATURE,
+                (e.image.listing_id, e.model, e.image.image_id, codec.encode(e.vector, dtype), now),
+            )
+            for e in batch
+        ]
+        rest: list[tuple[str, Sequence[object]]] = []
+        for i in (e.image for e in batch):
+            rest.append(
+                (
+                    INSERT_IMAGE,
+                    (
+                        i.listing_id,
+                        i.image_id,
+                        i.uri,
+                        i.content_type,
+                        i.width,
+                        i.height,
+                        i.size_bytes,
+                        i.ingested_at,
+                    ),
+                )
+            )
+            rest.append((INSERT_IMAGE_BY_ID, (i.image_id, i.listing_id)))
+        names = {e.image.listing_id: e.listing_name for e in batch}
+        rest.extend((INSERT_LISTING, (lid, name, now)) for lid, name in names.items())
+        self._cql.execute_many(rest, write=True)
+        self._cql.execute_many(features, write=True)
+
+    def existing_images(self, image_ids: Sequence[uuid.UUID], model: str) -> set[uuid.UUID]:
+        ids = list(dict.fromkeys(image_ids))
+        found = self._cql.execute_many([(SELECT_IMAGE_LISTING, (i,)) for i in ids], write=False)
+        keys = [(image, row[0]) for image, rs in zip(ids, found, strict=True) if (row := rs.one())]
+        checks = self._cql.execute_many(
+            [(SELECT_FEATURE_KEY, (listing, model, image)) for image, listing in keys], write=False
+        )
+        return {image for (image, _), rs in zip(keys, checks, strict=True) if rs.one() is not None}
+
+    # -- reads for search -----------------------------------------------------------------
+    def scan_features(
+        self, model: ModelInfo, shard: int = 0, shards: int = 1, batch_size: int = 4096
+    ) -> Iterator[FeatureBatch]:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        splits = self.settings.scan_splits or max(8, 4 * self._cql.host_count())
+        ranges = shard_ranges(shard, shards, max(1, -(-splits // shards)))
+        self._cql.prepare(SCAN_FEATURES)  # fail here, not in a reader thread
+
+        def read(token_range: TokenRange) -> Iterator[list[Row]]:
+            return self._cql.pages(SCAN_FEATURES, (*token_range, model.name))
+
+        pending: list[Row] = []
+        pages = ordered_parallel(ranges, read, self.settings.scan_parallelism)
+        try:
+            for page in pages:
+                pending.extend(page)
+                while len(pending) >= batch_size:
+                    yield _feature_batch(pending[:batch_size], model)
+                    del pending[:batch_size]
+        finally:
+            pages.close()  # stops the readers when the consumer stops early
+        if pending:
+            yield _feature_batch(pending, model)
+
+    def listing_features(self, listing_id: uuid.UUID, model: ModelInfo) -> FeatureBatch:
+        rows = self._cql.rows(SELECT_LISTING_FEATURES, (listing_id, model.name))
+        return _feature_batch(sorted(rows, key=lambda r: r[1].bytes), model)  # as SQLite
+
+    def image_listing(self, image_id: uuid.UUID) -> uuid.UUID | None:
+        row = self._cql.execute(SELECT_IMAGE_LISTING, (image_id,)).one()
+        return row[0] if row else None
+
+    def image_record(self, image_id: uuid.UUID) -> ImageRecord | None:
+        listing_id = self.image_listing(image_id)
+        if listing_id is None:
+            return None
+        row = self._cql.execute(SELECT_IMAGE, (listing_id, image_id)).one()
+        if row is None:
+            return None
+        lid, iid, uri, content_type, width, height, size, at = row
+        return ImageRecord(lid, iid, uri, content_type, width, height, size, utc(at))
+
+    def listing_names(self, listing_ids: Sequence[uuid.UUID]) -> Mapping[uuid.UUID, str]:
+        ids = list(dict.fromkeys(listing_ids))
+        results = self._cql.execute_many([(SELECT_LISTING_NAME, (i,)) for i in ids], write=False)
+        return {row[0]: row[1] for rs in results if (row := rs.one())}
+
+    # -- stock ----------------------------------------------------------------------------
+    def put_stock(self, levels: Sequence[StockLevel]) -> None:
+        self._cql.execute_many(
+            [(INSERT_STOCK, (s.listing_id, s.inventory, s.etag)) for s in levels], write=True
+        )
+
+    def get_stock(self, listing_ids: Sequence[uuid.UUID]) -> Mapping[uuid.UUID, StockLevel]:
+        ids = list(dict.fromkeys(listing_ids))
+        results = self._cql.execute_many([(SELECT_STOCK, (i,)) for i in ids], write=False)
+        return {row[0]: _stock(row) for rs in results if (row := rs.one())}
+
+    def all_stock(self) -> list[StockLevel]:
+        return [_stock(row) for row in self._cql.rows(SELECT_ALL_STOCK)]
+
+    # -- query results --------------------------------------------------------------------
+    def write_query_results(
+        self, query_id: uuid.UUID, rows: Sequence[ResultRow], ttl: int = QUERY_TTL_SECONDS
+    ) -> None:
+        if not 1 <= ttl <= MAX_TTL_SECONDS:
+            raise ValueError(f"ttl must be in [1, {MAX_TTL_SECONDS}] seconds, got {ttl}")
+        now = utcnow()
+        self._cql.execute_many(
+            [
+                (
+                    INSERT_RESULT,
+                    (
+                        query_id,
+                        _f32(r.score),
+                        r.listing_id,
+                        r.listing_name,
+                        r.inventory,
+                        json.dumps([[str(i), _f32(s)] for i, s in r.matches]),
+                        now,
+                        ttl,
+                    ),
+                )
+                for r in rows
+            ],
+            write=True,
+        )
+
+    def read_query_results(self, query_id: uuid.UUID, k: int | None = None) -> list[ResultRow]:
+        if k is not None and k < 0:
+            raise ValueError(f"k must be >= 0 or None, got {k}")
+        if k == 0:
+            return []
+        rows = (
+            self._cql.rows(SELECT_RESULTS, (query_id,))
+            if k is None
+            else self._cql.rows(SELECT_RESULTS_TOP, (query_id, k))
+        )
+        return [
+            ResultRow(
+                float(score),
+                lid,
+                name,
+                inventory,
+                tuple((uuid.UUID(i), float(s)) for i, s in json.loads(matches)),
+            )
+            for score, lid, name, inventory, matches in rows
+        ]
+
+    # -- misc -----------------------------------------------------------------------------
+    def count(self, table: str) -> int:
+        if table not in TABLES:
+            raise ValueError(f"table must be one of {TABLES}, got {table!r}")
+        row = self._cql.execute(
+            COUNT_ROWS.format(table=table), timeout=self.settings.ddl_timeout_s
+        ).one()
+        return int(row[0])
+
+    def close(self) -> None:
+        self._cql.shutdown()
+
+
+def _feature_batch(rows: Sequence[Row], model: ModelInfo) -> FeatureBatch:
+    if not rows:
+        return FeatureBatch.empty(model.dim)
+    return FeatureBatch(
+        np.array([r[0].bytes for r in rows], dtype="S16"),
+        np.array([r[1].bytes for r in rows], dtype="S16"),
+        codec.decode_many([r[2] for r in rows], model.dtype, model.dim),
+    )
+
+
+def _stock(row: Row) -> StockLevel:
+    return StockLevel(row[0], int(row[1]), row[2])

@@ -1,0 +1,178 @@
+"""Where the Cassandra cluster is (the store URL) and how to talk to it (settings).
+
+Hosts, port, keyspace and local data centre come from the store URL
+(``cassandra://h1,h2:9042/lookalike?dc=dc1``, see :func:`parse_url`); everything else from
+``LOOKALIKE_CASSANDRA_*`` environment variables (:class:`CassandraSettings`). The password is a
+``SecretStr``: it never shows up in a repr, a log line or an error message.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from store.base import StoreError
+
+Consistency = Literal[
+    "ANY",
+    "ONE",
+    "TWO",
+    "THREE",
+    "QUORUM",
+    "ALL",
+    "LOCAL_QUORUM",
+    "EACH_QUORUM",
+    "LOCAL_ONE",
+]
+SerialConsistency = Literal["SERIAL", "LOCAL_SERIAL"]
+STRATEGIES = ("SimpleStrategy", "NetworkTopologyStrategy")
+DEFAULT_PORT = 9042
+_KEYSPACE = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,47}$")
+_FACTOR = re.compile(r"^[1-9][0-9]{0,2}(/[0-9]{1,3})?$")  # "3", or "3/1" (transient replicas)
+
+
+class CassandraSettings(BaseSettings):
+    """How the Cassandra store talks to the cluster (not where: that is the URL)."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="LOOKALIKE_CASSANDRA_", extra="forbid", frozen=True
+    )
+
+    # Keyspace replication, as JSON: {"class": "NetworkTopologyStrategy", "dc1": 3, "dc2": 3}.
+    replication: dict[str, str] = Field(
+        default_factory=lambda: {"class": "SimpleStrategy", "replication_factor": "1"}
+    )
+    read_consistency: Consistency = "LOCAL_ONE"
+    write_consistency: Consistency = "LOCAL_QUORUM"
+    serial_consistency: SerialConsistency = "LOCAL_SERIAL"  # the schema lock (an LWT)
+    concurrency: int = Field(default=64, ge=1, le=4096)  # requests in flight per call
+    fetch_size: int = Field(default=2000, ge=1)  # rows per page
+    request_timeout_s: float = Field(default=10.0, gt=0)
+    connect_timeout_s: float = Field(default=5.0, gt=0)
+    ddl_timeout_s: float = Field(default=60.0, gt=0)  # one schema statement
+    schema_lock_timeout_s: float = Field(default=300.0, gt=0)  # wait for another migrator
+    username: str = ""
+    password: SecretStr = SecretStr("")
+    tls: bool = False
+    tls_ca_file: Path | None = None  # None: the system's trust store
+    tls_check_hostname: bool = True
+    # Token sub-ranges of a whole-ring scan (a shard gets its share, at least one);
+    # 0: 4 per host the driver knows, at least 8.
+    scan_splits: int = Field(default=0, ge=0)
+    scan_parallelism: int = Field(default=8, ge=1, le=256)  # sub-ranges read at once
+    retry_attempts: int = Field(default=5, ge=1, le=100)  # per request, first try included
+    retry_backoff_s: float = Field(default=0.2, ge=0)  # first wait; doubles each retry
+    retry_backoff_max_s: float = Field(default=5.0, ge=0)
+    speculative_delay_ms: int = Field(default=0, ge=0)  # reads: 0 = no speculative execution
+    speculative_attempts: int = Field(default=2, ge=1, le=10)
+
+    @field_validator("read_consistency", "write_consistency", "serial_consistency", mode="before")
+    @classmethod
+    def _upper(cls, value: object) -> object:
+        return value.upper() if isinstance(value, str) else value
+
+    @field_validator("replication", mode="before")
+    @classmethod
+    def _replication(cls, value: object) -> object:
+        if not isinstance(value, dict):
+            return value
+        out = {str(k): str(v) for k, v in value.items()}
+        strategy = out.get("class", "").rsplit(".", 1)[-1]
+        if strategy not in STRATEGIES:
+            raise ValueError(
+                f"replication class must be one of {STRATEGIES}, got {out.get('class')!r}"
+            )
+        factors = {k: v for k, v in out.items() if k != "class"}
+        if strategy == "SimpleStrategy" and set(factors) != {"replication_factor"}:
+            raise ValueError(
+                f'SimpleStrategy takes exactly {{"replication_factor": N}}, got {sorted(factors)}'
+            )
+        if not factors:
+            raise ValueError(
+                'NetworkTopologyStrategy needs a factor per data centre, e.g. {"dc1": 3}'
+            )
+        for key, factor in factors.items():
+            if not _FACTOR.match(factor):
+                raise ValueError(f"replication factor of {key!r} must be N or N/T, got {factor!r}")
+            if not re.fullmatch(r"[A-Za-z0-9_.\-]+", key):
+                raise ValueError(f"data centre name {key!r} has characters CQL cannot quote safely")
+        return {"class": strategy, **factors}
+
+    @model_validator(mode="after")
+    def _tls(self) -> CassandraSettings:
+        if self.tls_ca_file is not None and not self.tls:
+            raise ValueError(
+                "LOOKALIKE_CASSANDRA_TLS_CA_FILE is set but LOOKALIKE_CASSANDRA_TLS is not"
+            )
+        if self.password.get_secret_value() and not self.username:
+            raise ValueError(
+                "LOOKALIKE_CASSANDRA_PASSWORD is set but LOOKALIKE_CASSANDRA_USERNAME is not"
+            )
+        return self
+
+    def replication_cql(self) -> str:
+        """The replication map as CQL: {'class': 'SimpleStrategy', 'replication_factor': '1'}."""
+        pairs = ", ".join(f"'{k}': '{v}'" for k, v in self.replication.items())
+        return "{" + pairs + "}"
+
+
+@dataclass(frozen=True)
+class CassandraTarget:
+    """Where the cluster is: from ``cassandra://h1,h2[:port]/keyspace?dc=DC``."""
+
+    hosts: tuple[tuple[str, int], ...]
+    keyspace: str
+    dc: str | None
+
+    def describe(self) -> str:
+        return ",".join(f"{h}:{p}" for h, p in self.hosts)
+
+
+def parse_url(url: str) -> CassandraTarget:
+    """Parse a store URL; a port after any host applies to the hosts without one."""
+    expected = "a Cassandra store URL looks like cassandra://h1,h2[:9042]/keyspace?dc=dc1"
+    if not url.startswith("cassandra://"):
+        raise StoreError(f"{expected}, got {url!r}")
+    rest, _, query = url.removeprefix("cassandra://").partition("?")
+    netloc, _, keyspace = rest.partition("/")
+    if "@" in netloc:
+        raise StoreError(
+            "credentials do not belong in the store URL (it is logged): set "
+            "LOOKALIKE_CASSANDRA_USERNAME and LOOKALIKE_CASSANDRA_PASSWORD"
+        )
+    parsed = [_host_port(item, url) for item in netloc.split(",")]
+    ports = {p for _, p in parsed if p is not None}
+    default_port = ports.pop() if len(ports) == 1 else DEFAULT_PORT
+    hosts = tuple((h, default_port if p is None else p) for h, p in parsed)
+    keyspace = keyspace.strip("/")
+    if not _KEYSPACE.match(keyspace) or keyspace.lower().startswith("system"):
+        raise StoreError(
+            f"{expected}; the keyspace must be letters, digits and _ (at most 48, not system*), "
+            f"got {keyspace!r}"
+        )
+    options: dict[str, str] = {}
+    for pair in filter(None, query.split("&")):
+        key, _, value = pair.partition("=")
+        if key != "dc" or not value:
+            raise StoreError(
+                f"{expected}; the only URL option is dc=<local data centre>, got {pair!r}"
+            )
+        options[key] = value
+    return CassandraTarget(hosts, keyspace.lower(), options.get("dc"))
+
+
+def _host_port(item: str, url: str) -> tuple[str, int | None]:
+    host, port = item, ""
+    if item.startswith("["):  # [IPv6]:port
+        host, _, tail = item[1:].partition("]")
+        port = tail.removeprefix(":")
+    elif item.count(":") == 1:
+        host, _, port = item.partition(":")
+    if not host or (port and not (port.isdigit() and 0 < int(port) < 65536)):
+        raise StoreError(f"bad host[:port] {item!r} in store URL {url!r}")
+    return host, int(port) if port else None

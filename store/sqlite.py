@@ -1,0 +1,299 @@
+"""SQLite backend (embedded default): one WAL-mode file, the same keys as the CQL schema.
+
+UUIDs are 16-byte blobs, so a shard of the features scan is a primary-key range of
+listing ids, like a Cassandra token range.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+import uuid
+from collections.abc import Iterator, Mapping, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+
+from schemas import codec
+from schemas.records import Extracted, FeatureBatch, ImageRecord, ModelInfo, StockLevel
+from store.base import QUERY_TTL_SECONDS, ResultRow, StoreError
+
+SCHEMA_VERSION = "001"
+DDL = """
+CREATE TABLE IF NOT EXISTS schema_versions (version TEXT PRIMARY KEY, applied_at TEXT);
+CREATE TABLE IF NOT EXISTS features (
+    listing_id BLOB, model TEXT, image_id BLOB, feature_vector BLOB, created_at TEXT,
+    PRIMARY KEY (listing_id, model, image_id)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS images (
+    listing_id BLOB, image_id BLOB, uri TEXT, content_type TEXT, width INTEGER,
+    height INTEGER, size_bytes INTEGER, ingested_at TEXT,
+    PRIMARY KEY (listing_id, image_id)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS images_by_id (image_id BLOB PRIMARY KEY, listing_id BLOB) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS listings (listing_id BLOB PRIMARY KEY, name TEXT, updated_at TEXT)
+    WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS stock_level (listing_id BLOB PRIMARY KEY, inventory INTEGER, etag BLOB)
+    WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS query_results (
+    query_id BLOB, score REAL, listing_id BLOB, listing_name TEXT, inventory INTEGER,
+    matches TEXT, created_at TEXT, expires_at REAL,
+    PRIMARY KEY (query_id, score DESC, listing_id)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS models (
+    name TEXT PRIMARY KEY, version TEXT, dim INTEGER, dtype TEXT, weights TEXT, created_at TEXT);
+"""
+TABLES = (
+    "features", "images", "images_by_id", "listings", "stock_level", "query_results", "models",
+)
+_KEY_SPACE = 1 << 32
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat()
+
+
+def _shard_bounds(shard: int, shards: int) -> tuple[bytes, bytes | None]:
+    """Listing-id range [lo, hi) of one shard, split on the first four bytes."""
+    if not 0 <= shard < shards:
+        raise ValueError(f"shard must be in [0, {shards}), got {shard}")
+    lo = (shard * _KEY_SPACE // shards).to_bytes(4, "big") + bytes(12)
+    if shard == shards - 1:
+        return lo, None
+    return lo, ((shard + 1) * _KEY_SPACE // shards).to_bytes(4, "big") + bytes(12)
+
+
+def _f32(x: float) -> float:
+    """Scores are CQL `float` (32-bit): round the same way in every backend."""
+    return float(np.float32(x))
+
+
+class SQLiteStore:
+    """The embedded store. Thread-safe: one connection guarded by a lock."""
+
+    def __init__(self, url: str) -> None:
+        path = url.removeprefix("sqlite:///")
+        if not path or path == url:
+            raise StoreError(f"a SQLite store URL looks like sqlite:///path/lookalike.db, got {url!r}")
+        self.url = url
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(self.path, check_same_thread=False, timeout=60)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+
+    # -- schema ---------------------------------------------------------------------------
+    def apply_schema(self) -> list[str]:
+        with self._lock, self._db:
+            self._db.executescript(DDL)
+            done = self._db.execute(
+                "SELECT 1 FROM schema_versions WHERE version = ?", (SCHEMA_VERSION,)
+            ).fetchone()
+            if done:
+                return []
+            self._db.execute("INSERT INTO schema_versions VALUES (?, ?)", (SCHEMA_VERSION, _now()))
+            return [SCHEMA_VERSION]
+
+    def applied_versions(self) -> list[tuple[str, str]]:
+        with self._lock:
+            return list(self._db.execute("SELECT version, applied_at FROM schema_versions ORDER BY 1"))
+
+    # -- models ---------------------------------------------------------------------------
+    def put_model(self, info: ModelInfo) -> None:
+        with self._lock, self._db:
+            self._db.execute(
+                "INSERT OR REPLACE INTO models VALUES (?, ?, ?, ?, ?, ?)",
+                (info.name, info.version, info.dim, info.dtype, info.weights, _now()),
+            )
+
+    def get_model(self, name: str) -> ModelInfo | None:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT name, version, dim, dtype, weights FROM models WHERE name = ?", (name,)
+            ).fetchone()
+        return ModelInfo(*row) if row else None
+
+    # -- writes from the extract worker ---------------------------------------------------
+    def write_extracted(self, batch: Sequence[Extracted], dtype: str) -> None:
+        now = _now()
+        features = [
+            (e.image.listing_id.bytes, e.model, e.image.image_id.bytes, codec.encode(e.vector, dtype), now)
+            for e in batch
+        ]
+        images = [
+            (i.listing_id.bytes, i.image_id.bytes, i.uri, i.content_type, i.width, i.height,
+             i.size_bytes, i.ingested_at.isoformat())
+            for i in (e.image for e in batch)
+        ]
+        by_id = [(e.image.image_id.bytes, e.image.listing_id.bytes) for e in batch]
+        listings = {e.image.listing_id.bytes: (e.listing_name, now) for e in batch}
+        with self._lock, self._db:
+            self._db.executemany("INSERT OR REPLACE INTO features VALUES (?, ?, ?, ?, ?)", features)
+            self._db.executemany("INSERT OR REPLACE INTO images VALUES (?, ?, ?, ?, ?, ?, ?, ?)", images)
+            self._db.executemany("INSERT OR REPLACE INTO images_by_id VALUES (?, ?)", by_id)
+            self._db.executemany(
+                "INSERT OR REPLACE INTO listings VALUES (?, ?, ?)",
+                [(k, name, t) for k, (name, t) in listings.items()],
+            )
+
+    def existing_images(self, image_ids: Sequence[uuid.UUID], model: str) -> set[uuid.UUID]:
+        found: set[uuid.UUID] = set()
+        with self._lock:
+            for chunk in _chunks([i.bytes for i in image_ids], 500):
+                marks = ",".join("?" * len(chunk))
+                rows = self._db.execute(
+                    "SELECT f.image_id FROM images_by_id b JOIN features f"
+                    " ON f.listing_id = b.listing_id AND f.image_id = b.image_id"
+                    f" WHERE f.model = ? AND b.image_id IN ({marks})",
+                    (model, *chunk),
+                )
+                found.update(uuid.UUID(bytes=r[0]) for r in rows)
+        return found
+
+    # -- reads for search -----------------------------------------------------------------
+    def scan_features(
+        self, model: ModelInfo, shard: int = 0, shards: int = 1, batch_size: int = 4096
+    ) -> Iterator[FeatureBatch]:
+        lo, hi = _shard_bounds(shard, shards)
+        sql = "SELECT listing_id, image_id, feature_vector FROM features WHERE model = ? AND listing_id >= ?"
+        args: tuple[object, ...] = (model.name, lo)
+        if hi is not None:
+            sql, args = sql + " AND listing_id < ?", (*args, hi)
+        # A private connection: a long scan must not hold the shared lock between pages.
+        db = sqlite3.connect(self.path, timeout=60)
+        try:
+            cursor = db.execute(sql + " ORDER BY listing_id, image_id", args)
+            while rows := cursor.fetchmany(batch_size):
+                yield _feature_batch(rows, model)
+        finally:
+            db.close()
+
+    def listing_features(self, listing_id: uuid.UUID, model: ModelInfo) -> FeatureBatch:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT listing_id, image_id, feature_vector FROM features"
+                " WHERE listing_id = ? AND model = ? ORDER BY image_id",
+                (listing_id.bytes, model.name),
+            ).fetchall()
+        return _feature_batch(rows, model)
+
+    def image_listing(self, image_id: uuid.UUID) -> uuid.UUID | None:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT listing_id FROM images_by_id WHERE image_id = ?", (image_id.bytes,)
+            ).fetchone()
+        return uuid.UUID(bytes=row[0]) if row else None
+
+    def image_record(self, image_id: uuid.UUID) -> ImageRecord | None:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT i.listing_id, i.image_id, uri, content_type, width, height, size_bytes,"
+                " ingested_at FROM images_by_id b JOIN images i"
+                " ON i.listing_id = b.listing_id AND i.image_id = b.image_id WHERE b.image_id = ?",
+                (image_id.bytes,),
+            ).fetchone()
+        if row is None:
+            return None
+        lid, iid, uri, ctype, width, height, size, at = row
+        return ImageRecord(
+            uuid.UUID(bytes=lid), uuid.UUID(bytes=iid), uri, ctype, width, height, size,
+            datetime.fromisoformat(at),
+        )
+
+    def listing_names(self, listing_ids: Sequence[uuid.UUID]) -> Mapping[uuid.UUID, str]:
+        return {
+            uuid.UUID(bytes=k): v
+            for k, v in self._select_in("SELECT listing_id, name FROM listings", listing_ids)
+        }
+
+    # -- stock ----------------------------------------------------------------------------
+    def put_stock(self, levels: Sequence[StockLevel]) -> None:
+        with self._lock, self._db:
+            self._db.executemany(
+                "INSERT OR REPLACE INTO stock_level VALUES (?, ?, ?)",
+                [(s.listing_id.bytes, s.inventory, s.etag.bytes) for s in levels],
+            )
+
+    def get_stock(self, listing_ids: Sequence[uuid.UUID]) -> Mapping[uuid.UUID, StockLevel]:
+        rows = self._select_in("SELECT listing_id, inventory, etag FROM stock_level", listing_ids)
+        return {uuid.UUID(bytes=r[0]): _stock(r) for r in rows}
+
+    def all_stock(self) -> list[StockLevel]:
+        with self._lock:
+            rows = self._db.execute("SELECT listing_id, inventory, etag FROM stock_level").fetchall()
+        return [_stock(r) for r in rows]
+
+    # -- query results --------------------------------------------------------------------
+    def write_query_results(
+        self, query_id: uuid.UUID, rows: Sequence[ResultRow], ttl: int = QUERY_TTL_SECONDS
+    ) -> None:
+        now, expires = _now(), time.time() + ttl
+        values = [
+            (query_id.bytes, _f32(r.score), r.listing_id.bytes, r.listing_name, r.inventory,
+             json.dumps([[str(i), _f32(s)] for i, s in r.matches]), now, expires)
+            for r in rows
+        ]
+        with self._lock, self._db:
+            self._db.execute("DELETE FROM query_results WHERE expires_at < ?", (time.time(),))
+            self._db.executemany(
+                "INSERT OR REPLACE INTO query_results VALUES (?, ?, ?, ?, ?, ?, ?, ?)", values
+            )
+
+    def read_query_results(self, query_id: uuid.UUID, k: int | None = None) -> list[ResultRow]:
+        sql = (
+            "SELECT score, listing_id, listing_name, inventory, matches FROM query_results"
+            " WHERE query_id = ? AND expires_at >= ? ORDER BY score DESC, listing_id"
+        )
+        args: tuple[object, ...] = (query_id.bytes, time.time())
+        if k is not None:
+            sql, args = sql + " LIMIT ?", (*args, k)
+        with self._lock:
+            rows = self._db.execute(sql, args).fetchall()
+        return [
+            ResultRow(
+                score, uuid.UUID(bytes=lid), name, inventory,
+                tuple((uuid.UUID(i), float(s)) for i, s in json.loads(matches)),
+            )
+            for score, lid, name, inventory, matches in rows
+        ]
+
+    # -- misc -----------------------------------------------------------------------------
+    def count(self, table: str) -> int:
+        if table not in TABLES:
+            raise ValueError(f"table must be one of {TABLES}, got {table!r}")
+        with self._lock:
+            return int(self._db.execute(f"SELECT count(*) FROM {table}").fetchone()[0])
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def _select_in(self, select: str, ids: Sequence[uuid.UUID]) -> list[tuple[object, ...]]:
+        out: list[tuple[object, ...]] = []
+        with self._lock:
+            for chunk in _chunks([i.bytes for i in ids], 500):
+                marks = ",".join("?" * len(chunk))
+                out.extend(self._db.execute(f"{select} WHERE listing_id IN ({marks})", chunk))
+        return out
+
+
+def _chunks(items: list[bytes], size: int) -> Iterator[list[bytes]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def _feature_batch(rows: Sequence[tuple[bytes, bytes, bytes]], model: ModelInfo) -> FeatureBatch:
+    if not rows:
+        return FeatureBatch.empty(model.dim)
+    return FeatureBatch(
+        np.array([r[0] for r in rows], dtype="S16"),
+        np.array([r[1] for r in rows], dtype="S16"),
+        codec.decode_many([r[2] for r in rows], model.dtype, model.dim),
+    )
+
+
+def _stock(row: tuple[object, ...]) -> StockLevel:
+    lid, inventory, etag = row
+    assert isinstance(lid, bytes) and isinstance(etag, bytes)
+    return StockLevel(uuid.UUID(bytes=lid), int(str(inventory)), uuid.UUID(bytes=etag))
