@@ -27,7 +27,7 @@ class StoreWriter:
         self.store, self.dtype = store, dtype
         self._retrying = _Retrying(
             retry=retry_if_exception_type(RETRYABLE),
-            wait=wait_exponential_jitter(initial=0.5, max=30),
+            wait=wait_exponential_jitter(multiplier=0.5, max=30),
             stop=stop_after_delay(give_up_after_s),
             before_sleep=before_sleep_log(log, logging.WARNING),
             reraise=True,

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import numpy.typing as npt
 from PIL import Image
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -27,7 +28,7 @@ from lookalike import stack
 from lookalike.output import print_answer
 from lookalike.settings import CoreSettings, KafkaSettings, ModelSettings, SparkSettings
 from schemas import ids
-from schemas.records import QueryAnswer
+from schemas.records import ModelInfo, QueryAnswer
 from search.engine import load_index
 from search.scoring import ScoreOptions
 from search.service import SearchService, answer_from_rows
@@ -102,6 +103,19 @@ def extract(store: Store, model: FeatureModel, kafka: KafkaSettings, expected: i
     )
 
 
+def spark_search(
+    store: Store, model: ModelInfo, queries: npt.NDArray[np.float32], opts: ScoreOptions
+) -> QueryAnswer:
+    """Score the query with the Spark job (which writes query_results); Spark stops after."""
+    from search.spark.job import load_features, score_queries
+    from search.spark.session import spark_scope
+
+    settings = SparkSettings()
+    with spark_scope(settings) as spark:
+        features = load_features(spark, store.url, model, settings.shards)
+        return score_queries(spark, features, store.url, model, queries, opts)[0]
+
+
 def run_demo(images: Path | None, console: Console) -> DemoResult:
     core = CoreSettings()
     started = time.monotonic()
@@ -115,16 +129,7 @@ def run_demo(images: Path | None, console: Console) -> DemoResult:
         extract(store, model, kafka, sent)
     query = model.embed_images([Image.open(query_path).convert("RGB")])
     opts = ScoreOptions(k=min(10, len(catalogue.listings)))
-
-    from search.spark.job import load_features, score_queries
-    from search.spark.session import spark_session
-
-    spark = spark_session(SparkSettings())
-    try:
-        features = load_features(spark, store.url, model.info, SparkSettings().shards)
-        spark_answer = score_queries(spark, features, store.url, model.info, query, opts)[0]
-    finally:
-        spark.stop()
+    spark_answer = spark_search(store, model.info, query, opts)
     stored = answer_from_rows(spark_answer.query_id, store.read_query_results(spark_answer.query_id))
     service = SearchService(store, load_index(store, model.info, progress=True), lambda: model)
     engine_answer = service.search_vector(query[0], opts)

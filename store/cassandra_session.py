@@ -83,11 +83,9 @@ class CqlSession:
         self.settings = settings
         self._prepared: dict[str, Any] = {}
         self._lock = threading.Lock()
-        self._cluster = self._build_cluster()
         try:
-            self._session = self._retrying()(self._cluster.connect)
+            self._cluster, self._session = self._retrying()(self._connect)
         except Exception as error:
-            self._cluster.shutdown()
             mapped = self._map(error, "connecting")
             if mapped is error:
                 raise
@@ -96,6 +94,15 @@ class CqlSession:
         self.use_keyspace()
 
     # -- connection -----------------------------------------------------------------------
+    def _connect(self) -> tuple[Any, Any]:
+        """A new cluster object per attempt: a failed first connect shuts the old one down."""
+        cluster = self._build_cluster()
+        try:
+            return cluster, cluster.connect()
+        except BaseException:
+            cluster.shutdown()
+            raise
+
     def _build_cluster(self) -> Any:
         s, levels = self.settings, ConsistencyLevel.name_to_value
 

