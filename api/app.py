@@ -38,8 +38,12 @@ def create_app(service: SearchService | None = None) -> FastAPI:
         app.state.service = service or build_service()
         yield
 
-    app = FastAPI(title="Lookalike", version="0.1.0", lifespan=lifespan,
-                  description="Find listings that look like a photo.")
+    app = FastAPI(
+        title="Lookalike",
+        version="0.1.0",
+        lifespan=lifespan,
+        description="Find listings that look like a photo.",
+    )
     app.include_router(health.router)
     app.include_router(search.router, prefix="/v1")
     app.include_router(images.router, prefix="/v1")

@@ -43,18 +43,25 @@ def _vgg16_fc7(net: nn.Module) -> nn.Module:
 
 def _resnet50_pool(net: nn.Module) -> nn.Module:
     assert isinstance(net, torchvision.models.ResNet)
-    net.fc = nn.Identity()  # type: ignore[assignment]
-    return net
+    net.fc = nn.Identity()
+    out: nn.Module = net
+    return out
 
 
 SPECS = {
     "vgg16_fc7": ModelSpec(
-        "vgg16_fc7", 4096, "vgg16-397923af.pth",
-        lambda: torchvision.models.vgg16(weights=None), _vgg16_fc7,
+        "vgg16_fc7",
+        4096,
+        "vgg16-397923af.pth",
+        lambda: torchvision.models.vgg16(weights=None),
+        _vgg16_fc7,
     ),
     "resnet50_pool": ModelSpec(
-        "resnet50_pool", 2048, "resnet50-11ad3fa6.pth",
-        lambda: torchvision.models.resnet50(weights=None), _resnet50_pool,
+        "resnet50_pool",
+        2048,
+        "resnet50-11ad3fa6.pth",
+        lambda: torchvision.models.resnet50(weights=None),
+        _resnet50_pool,
     ),
 }
 
@@ -85,13 +92,15 @@ class FeatureModel:
     def __init__(self, spec: ModelSpec, net: nn.Module, info: ModelInfo, device: torch.device) -> None:
         self.spec, self.info, self.device = spec, info, device
         self.net = net.eval().to(device)
-        self.transform = v2.Compose([
-            v2.PILToTensor(),
-            v2.Resize(256, antialias=True),
-            v2.CenterCrop(224),
-            v2.ToDtype(torch.float32, scale=True),
-            v2.Normalize(mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225]),
-        ])
+        self.transform = v2.Compose(
+            [
+                v2.PILToTensor(),
+                v2.Resize(256, antialias=True),
+                v2.CenterCrop(224),
+                v2.ToDtype(torch.float32, scale=True),
+                v2.Normalize(mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225]),
+            ]
+        )
 
     def preprocess(self, image: Image.Image) -> torch.Tensor:
         out: torch.Tensor = self.transform(image)
@@ -129,7 +138,11 @@ def load_model(
         log.warning(
             "NO PRETRAINED WEIGHTS for %s: using RANDOM weights (seed %d). Similarity will be "
             "poor. Put torchvision's %s in %s/checkpoints or set LOOKALIKE_MODEL_WEIGHTS.",
-            name, RANDOM_SEED, spec.weights_file, torch.hub.get_dir(), )
+            name,
+            RANDOM_SEED,
+            spec.weights_file,
+            torch.hub.get_dir(),
+        )
         source = f"random:seed={RANDOM_SEED}"
     else:
         raise WeightsMissing(

@@ -102,8 +102,13 @@ class ImageHandler:
     def _extracted(self, d: Decoded, vector: npt.NDArray[np.float32]) -> Extracted:
         m = d.message
         record = ImageRecord(
-            m.listing_id, m.image_id, m.source or f"kafka:{m.image_id}", m.content_type,
-            d.image.width, d.image.height, d.size_bytes,
+            m.listing_id,
+            m.image_id,
+            m.source or f"kafka:{m.image_id}",
+            m.content_type,
+            d.image.width,
+            d.image.height,
+            d.size_bytes,
         )
         return Extracted(record, m.listing_name, self.model.info.name, vector)
 
@@ -111,13 +116,20 @@ class ImageHandler:
         for r in rejected:
             log.warning(
                 "dead letter %s[%d]@%d (%s): %s",
-                r.raw.topic(), r.raw.partition(), r.raw.offset(), r.stage, r.reason,
+                r.raw.topic(),
+                r.raw.partition(),
+                r.raw.offset(),
+                r.stage,
+                r.reason,
             )
-            headers = [*(r.raw.headers() or []),
-                       ("error", r.reason.encode()), ("error_stage", r.stage.encode()),
-                       ("source_topic", str(r.raw.topic()).encode()),
-                       ("source_partition", str(r.raw.partition()).encode()),
-                       ("source_offset", str(r.raw.offset()).encode())]
+            headers = [
+                *(r.raw.headers() or []),
+                ("error", r.reason.encode()),
+                ("error_stage", r.stage.encode()),
+                ("source_topic", str(r.raw.topic()).encode()),
+                ("source_partition", str(r.raw.partition()).encode()),
+                ("source_offset", str(r.raw.offset()).encode()),
+            ]
             value = r.raw.value() or b""
             if len(value) > self.dlq.max_message_bytes:  # keep the reason, drop the bulk
                 value, headers = b"", [*headers, ("value_dropped", str(len(value)).encode())]

@@ -7,13 +7,13 @@ import logging
 import sqlite3
 from collections.abc import Sequence
 
+from tenacity import Retrying as _Retrying
 from tenacity import (
     before_sleep_log,
     retry_if_exception_type,
     stop_after_delay,
     wait_exponential_jitter,
 )
-from tenacity import Retrying as _Retrying
 
 from schemas.records import Extracted
 from store import Store, StoreUnavailable

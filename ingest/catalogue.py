@@ -18,9 +18,24 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".ti
 STOCK_FILE = "stock.csv"
 # scikit-image sample photos, each different enough from the others to be its own listing.
 DEMO_PHOTOS = (
-    "astronaut", "brick", "camera", "chelsea", "clock", "coffee", "coins", "gravel",
-    "hubble_deep_field", "immunohistochemistry", "moon", "page", "retina", "rocket",
-    "text", "horse", "logo", "colorwheel",
+    "astronaut",
+    "brick",
+    "camera",
+    "chelsea",
+    "clock",
+    "coffee",
+    "coins",
+    "gravel",
+    "hubble_deep_field",
+    "immunohistochemistry",
+    "moon",
+    "page",
+    "retina",
+    "rocket",
+    "text",
+    "horse",
+    "logo",
+    "colorwheel",
 )
 DEMO_QUERY_LISTING = "coffee"
 
@@ -92,7 +107,9 @@ def read_stock(path: Path) -> dict[str, int]:
         try:
             return {row["listing"]: int(row["inventory"]) for row in csv.DictReader(fh)}
         except (KeyError, ValueError) as exc:
-            raise CatalogueError(f"{path}: expected columns listing,inventory with integers ({exc})") from None
+            raise CatalogueError(
+                f"{path}: expected columns listing,inventory with integers ({exc})"
+            ) from None
 
 
 # -- the demo catalogue ---------------------------------------------------------------------

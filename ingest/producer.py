@@ -16,8 +16,9 @@ from types import TracebackType
 from confluent_kafka import KafkaError, Message, Producer
 
 from ingest.catalogue import Catalogue
+from lookalike.settings import KafkaConfig
 from schemas import ids
-from schemas.messages import URI_LIST, ImageMessage, stock_value
+from schemas.messages import URI_LIST, Headers, ImageMessage, stock_value
 from schemas.records import StockLevel
 
 log = logging.getLogger(__name__)
@@ -46,18 +47,20 @@ class _Deliveries:
 class KafkaProducer:
     """A confluent-kafka producer with delivery accounting (idempotent, acks=all)."""
 
-    def __init__(self, client_config: dict[str, str], max_message_bytes: int) -> None:
+    def __init__(self, client_config: KafkaConfig, max_message_bytes: int) -> None:
         self.max_message_bytes = max_message_bytes
         self.deliveries = _Deliveries()
-        self._producer = Producer({
-            **client_config,
-            "enable.idempotence": True,
-            "acks": "all",
-            "linger.ms": 20,
-            "message.max.bytes": max_message_bytes + 64 * 1024,
-        })
+        self._producer = Producer(
+            {
+                **client_config,
+                "enable.idempotence": True,
+                "acks": "all",
+                "linger.ms": 20,
+                "message.max.bytes": max_message_bytes + 64 * 1024,
+            }
+        )
 
-    def send(self, topic: str, key: bytes, value: bytes, headers: list[tuple[str, bytes]]) -> None:
+    def send(self, topic: str, key: bytes, value: bytes, headers: Headers) -> None:
         if len(value) > self.max_message_bytes:
             raise MessageTooLarge(
                 f"message of {len(value)} bytes for {topic} is over the broker limit of "
@@ -66,7 +69,9 @@ class KafkaProducer:
             )
         while True:
             try:
-                self._producer.produce(topic, key=key, value=value, headers=headers, on_delivery=self.deliveries)
+                self._producer.produce(
+                    topic, key=key, value=value, headers=headers, on_delivery=self.deliveries
+                )
                 break
             except BufferError:  # local queue full: serve callbacks, then try again
                 self._producer.poll(0.5)

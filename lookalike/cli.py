@@ -12,7 +12,13 @@ import typer
 from rich.console import Console
 from rich.logging import RichHandler
 
-from lookalike.settings import ApiSettings, CoreSettings, KafkaSettings, ModelSettings, check_environment
+from lookalike.settings import (
+    ApiSettings,
+    CoreSettings,
+    KafkaSettings,
+    ModelSettings,
+    check_environment,
+)
 
 app = typer.Typer(no_args_is_help=True, help="Lookalike: find listings that look like a photo.")
 schema_app = typer.Typer(no_args_is_help=True, help="Create and inspect the store's tables.")
@@ -35,7 +41,9 @@ def _setup() -> None:
     except ValueError as exc:
         _fail(str(exc))
     logging.basicConfig(
-        level=level, format="%(message)s", datefmt="[%X]",
+        level=level,
+        format="%(message)s",
+        datefmt="[%X]",
         handlers=[RichHandler(console=err, show_path=False, rich_tracebacks=True)],
     )
     logging.getLogger("py4j").setLevel(logging.WARNING)
@@ -62,7 +70,7 @@ def schema_show() -> None:
     from store import open_store
 
     store = open_store(CoreSettings().store_url())
-    versions = getattr(store, "applied_versions", lambda: [])()
+    versions: list[tuple[str, str]] = getattr(store, "applied_versions", list)()
     for version, at in versions:
         console.print(f"{version}  applied {at}")
     if not versions:
@@ -83,14 +91,18 @@ def ingest_images(
     try:
         catalogue = scan_folder(folder, skip_bad=skip_bad)
         with KafkaProducer(kafka.client_config(), kafka.max_message_bytes) as producer:
-            n = send_images(producer, kafka.images_topic, image_messages(catalogue, by_reference=by_reference))
+            n = send_images(
+                producer, kafka.images_topic, image_messages(catalogue, by_reference=by_reference)
+            )
     except (CatalogueError, MessageTooLarge, ValueError) as exc:
         _fail(str(exc))
     console.print(f"produced {n} images of {len(catalogue.listings)} listings to {kafka.images_topic}")
 
 
 @ingest_app.command("stock")
-def ingest_stock(csv_file: Annotated[Path, typer.Argument(help="CSV with columns listing,inventory")]) -> None:
+def ingest_stock(
+    csv_file: Annotated[Path, typer.Argument(help="CSV with columns listing,inventory")],
+) -> None:
     """Produce stock levels to the stock topic."""
     from ingest.catalogue import Catalogue, CatalogueError, read_stock
     from ingest.producer import KafkaProducer, catalogue_stock, send_stock
@@ -108,7 +120,9 @@ def ingest_stock(csv_file: Annotated[Path, typer.Argument(help="CSV with columns
 
 
 @app.command()
-def extract(drain: Annotated[bool, typer.Option(help="exit once the topic is drained")] = False) -> None:
+def extract(
+    drain: Annotated[bool, typer.Option(help="exit once the topic is drained")] = False,
+) -> None:
     """Run an extract worker in the consumer group until Ctrl-C (or drained)."""
     from lookalike import stack
 
@@ -116,14 +130,16 @@ def extract(drain: Annotated[bool, typer.Option(help="exit once the topic is dra
         store, kafka = stack.configured_store(), KafkaSettings()
         kafka.client_config()
         model = stack.configured_model()
-        stats, handler = stack.run_extract(store, model, kafka, ModelSettings(), drain=drain)
+        _, handler = stack.run_extract(store, model, kafka, ModelSettings(), drain=drain)
     except (ValueError, RuntimeError) as exc:
         _fail(str(exc))
     console.print(f"stored {handler.times.images} vectors, {handler.times.dead_letters} dead letters")
 
 
 @app.command("sync-stock")
-def sync_stock(drain: Annotated[bool, typer.Option(help="exit once the topic is drained")] = False) -> None:
+def sync_stock(
+    drain: Annotated[bool, typer.Option(help="exit once the topic is drained")] = False,
+) -> None:
     """Follow the stock topic into the store's stock_level table."""
     from lookalike import stack
 
@@ -195,7 +211,12 @@ def _serve_demo(result: Any) -> None:
     settings = ApiSettings()
     console.print(f"API and web page on http://{settings.host}:{settings.port}  (Ctrl-C to stop)")
     console.print(f"  curl -F image=@photo.jpg http://{settings.host}:{settings.port}/v1/search")
-    uvicorn.run(create_app(service=result.service), host=settings.host, port=settings.port, log_level="warning")
+    uvicorn.run(
+        create_app(service=result.service),
+        host=settings.host,
+        port=settings.port,
+        log_level="warning",
+    )
 
 
 if __name__ == "__main__":

@@ -9,7 +9,16 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from confluent_kafka import OFFSET_INVALID, Consumer, KafkaError, KafkaException, Message, TopicPartition
+from confluent_kafka import (
+    OFFSET_INVALID,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Message,
+    TopicPartition,
+)
+
+from lookalike.settings import KafkaConfig
 
 log = logging.getLogger(__name__)
 
@@ -20,7 +29,7 @@ class ConsumeError(RuntimeError):
     """A fatal error reported by the Kafka client."""
 
 
-def consumer_config(client_config: dict[str, str], group: str) -> dict[str, object]:
+def consumer_config(client_config: KafkaConfig, group: str) -> KafkaConfig:
     return {
         **client_config,
         "group.id": group,
@@ -45,7 +54,7 @@ class ConsumerLoop:
 
     def __init__(
         self,
-        client_config: dict[str, str],
+        client_config: KafkaConfig,
         group: str,
         topics: list[str],
         handler: Handler,
@@ -86,8 +95,8 @@ class ConsumerLoop:
     def commit(self, batch: Sequence[Message]) -> None:
         latest: dict[tuple[str, int], int] = {}
         for m in batch:
-            key = (m.topic(), m.partition())
-            latest[key] = max(latest.get(key, -1), m.offset())
+            key = (m.topic() or "", m.partition() or 0)
+            latest[key] = max(latest.get(key, -1), m.offset() or 0)
         offsets = [TopicPartition(t, p, o + 1) for (t, p), o in latest.items()]
         try:
             self._consumer.commit(offsets=offsets, asynchronous=False)
@@ -101,7 +110,9 @@ class ConsumerLoop:
             return None
         total = 0
         positions = self._consumer.position(assignment)
-        committed = {(t.topic, t.partition): t.offset for t in self._consumer.committed(assignment, timeout=10)}
+        committed = {
+            (t.topic, t.partition): t.offset for t in self._consumer.committed(assignment, timeout=10)
+        }
         for tp in positions:
             low, high = self._consumer.get_watermark_offsets(tp, timeout=10, cached=False)
             pos = tp.offset

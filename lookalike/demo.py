@@ -92,14 +92,22 @@ def extract(store: Store, model: FeatureModel, kafka: KafkaSettings, expected: i
     columns = (TextColumn("extract"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, transient=False) as bar:
         task = bar.add_task("extract", total=expected)
-        stats, handler = stack.run_extract(
-            store, model, kafka, ModelSettings(), drain=True,
+        _, handler = stack.run_extract(
+            store,
+            model,
+            kafka,
+            ModelSettings(),
+            drain=True,
             on_progress=lambda n, _lag: bar.advance(task, n),
         )
     t = handler.times
     log.info(
         "extract: %d images stored, %d dead letters; decode %.1fs, infer %.1fs, write %.1fs",
-        t.images, t.dead_letters, t.seconds["decode"], t.seconds["infer"], t.seconds["write"],
+        t.images,
+        t.dead_letters,
+        t.seconds["decode"],
+        t.seconds["infer"],
+        t.seconds["write"],
     )
 
 
@@ -120,8 +128,9 @@ def run_demo(images: Path | None, console: Console) -> DemoResult:
     core = CoreSettings()
     started = time.monotonic()
     catalogue, query_path, expected = prepare_catalogue(core, images)
-    console.print(f"catalogue: {len(catalogue.listings)} listings, {catalogue.image_count} images "
-                  f"({catalogue.root})")
+    console.print(
+        f"catalogue: {len(catalogue.listings)} listings, {catalogue.image_count} images ({catalogue.root})"
+    )
     store = stack.configured_store(core)
     model = stack.configured_model(ModelSettings(), core)
     with kafka_settings(core) as kafka:
@@ -134,7 +143,12 @@ def run_demo(images: Path | None, console: Console) -> DemoResult:
     service = SearchService(store, load_index(store, model.info, progress=True), lambda: model)
     engine_answer = service.search_vector(query[0], opts)
 
-    print_answer(console, stored, f"Listings like {query_path.name} (Spark, read back from query_results)", expected)
+    print_answer(
+        console,
+        stored,
+        f"Listings like {query_path.name} (Spark, read back from query_results)",
+        expected,
+    )
     same = [r.listing_id for r in stored.results] == [r.listing_id for r in engine_answer.results]
     top = stored.results[0].listing_name if stored.results else None
     console.print(

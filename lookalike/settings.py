@@ -16,6 +16,7 @@ from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PREFIX = "LOOKALIKE_"
+KafkaConfig = dict[str, str | int | float | bool]  # librdkafka options
 
 
 def _config(section: str) -> SettingsConfigDict:
@@ -56,14 +57,14 @@ class KafkaSettings(BaseSettings):
     sasl_password: SecretStr = SecretStr("")
     max_message_bytes: int = Field(default=1_000_000, ge=1024)
 
-    def client_config(self) -> dict[str, str]:
+    def client_config(self) -> KafkaConfig:
         """librdkafka options shared by producers, consumers and the admin client."""
         if not self.bootstrap:
             raise ValueError(
                 "LOOKALIKE_KAFKA_BOOTSTRAP is not set: give host:port of a Kafka broker "
                 "(`lookalike demo` starts an embedded one by itself)"
             )
-        conf = {"bootstrap.servers": self.bootstrap}
+        conf: KafkaConfig = {"bootstrap.servers": self.bootstrap}
         if self.security_protocol:
             conf["security.protocol"] = self.security_protocol
         if self.sasl_mechanism:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+
+from confluent_kafka import Message
 
 from extract.model import FeatureModel, load_model
 from extract.worker import ImageHandler
@@ -32,15 +34,22 @@ def configured_model(settings: ModelSettings | None = None, core: CoreSettings |
     if core.production and m.allow_random:
         log.info("production mode: random weights are refused")
     return load_model(
-        m.name, weights=m.weights, allow_random=m.allow_random and not core.production,
-        dtype=m.dtype, device=m.device,
+        m.name,
+        weights=m.weights,
+        allow_random=m.allow_random and not core.production,
+        dtype=m.dtype,
+        device=m.device,
     )
 
 
 def register_model(store: Store, info: ModelInfo) -> None:
     """Record the model; refuse to mix vectors of other weights under the same name."""
     known = store.get_model(info.name)
-    if known is not None and (known.dim, known.dtype, known.weights) != (info.dim, info.dtype, info.weights):
+    if known is not None and (known.dim, known.dtype, known.weights) != (
+        info.dim,
+        info.dtype,
+        info.weights,
+    ):
         raise StoreError(
             f"the store holds {info.name} vectors made by {known.weights} ({known.dtype}); this worker "
             f"has {info.weights} ({info.dtype}). Use another store, or re-extract everything."
@@ -68,10 +77,17 @@ def run_extract(
     register_model(store, model.info)
     dlq = KafkaProducer(conf, kafka.max_message_bytes)
     handler = ImageHandler(
-        model, StoreWriter(store, model_settings.dtype), dlq, kafka.dlq_topic, model_settings.max_pixels
+        model,
+        StoreWriter(store, model_settings.dtype),
+        dlq,
+        kafka.dlq_topic,
+        model_settings.max_pixels,
     )
     loop = ConsumerLoop(
-        conf, kafka.group, [kafka.images_topic], handler,
+        conf,
+        kafka.group,
+        [kafka.images_topic],
+        handler,
         batch_size=model_settings.batch_size or default_batch_size(model),
     )
     try:
@@ -89,13 +105,19 @@ def run_stock_sync(
     conf = kafka.client_config()
     ensure_topics(conf, [kafka.stock_topic], kafka.partitions, kafka.replication)
 
-    def handle(batch: list) -> None:  # type: ignore[type-arg]
+    def handle(batch: Sequence[Message]) -> None:
         levels = []
         for m in batch:
             try:
                 levels.append(parse_stock(m.value()))
             except MessageError as exc:
-                log.warning("skipping stock message %s[%d]@%d: %s", m.topic(), m.partition(), m.offset(), exc)
+                log.warning(
+                    "skipping stock message %s[%d]@%d: %s",
+                    m.topic(),
+                    m.partition(),
+                    m.offset(),
+                    exc,
+                )
         store.put_stock(levels)
 
     loop = ConsumerLoop(conf, kafka.stock_group, [kafka.stock_topic], handle, batch_size=500)

@@ -26,7 +26,8 @@ def l2_normalise(vectors: npt.NDArray[np.floating]) -> npt.NDArray[np.float32]:
     """Row-wise L2 normalisation; an all-zero row stays zero."""
     v = np.asarray(vectors, dtype=np.float32)
     norms = np.linalg.norm(v, axis=-1, keepdims=True)
-    return np.divide(v, norms, out=np.zeros_like(v), where=norms > 0)
+    out: npt.NDArray[np.float32] = np.divide(v, norms, out=np.zeros_like(v), where=norms > 0)
+    return out
 
 
 def encode(vector: npt.NDArray[np.floating], dtype: str) -> bytes:

@@ -20,4 +20,6 @@ def parse_uuid(value: str, what: str = "id") -> uuid.UUID:
     try:
         return uuid.UUID(value)
     except (ValueError, AttributeError, TypeError):
-        raise ValueError(f"{what} must be a UUID like 123e4567-e89b-12d3-a456-426614174000, got {value!r}") from None
+        raise ValueError(
+            f"{what} must be a UUID like 123e4567-e89b-12d3-a456-426614174000, got {value!r}"
+        ) from None

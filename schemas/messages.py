@@ -17,7 +17,7 @@ from schemas.records import StockLevel
 
 FORMAT_VERSION = "1"
 URI_LIST = "text/uri-list"
-Headers = list[tuple[str, bytes]]
+Headers = list[tuple[str, str | bytes | None]]
 
 
 class MessageError(ValueError):
@@ -51,8 +51,11 @@ class ImageMessage:
         ]
 
     @staticmethod
-    def from_kafka(headers: Headers | None, value: bytes | None) -> ImageMessage:
-        h = {k: v.decode("utf-8", "replace") for k, v in (headers or []) if v is not None}
+    def from_kafka(
+        headers: Headers | dict[str, str | bytes | None] | None, value: bytes | None
+    ) -> ImageMessage:
+        pairs = headers.items() if isinstance(headers, dict) else headers or []
+        h = {k: v if isinstance(v, str) else v.decode("utf-8", "replace") for k, v in pairs if v is not None}
         missing = [k for k in ("listing_id", "image_id", "content_type") if k not in h]
         if missing:
             raise MessageError(f"missing headers {missing}")

@@ -14,8 +14,12 @@ from search.service import Query, SearchService
 
 
 def run_search(
-    image: Path | None, image_id: str | None, listing_id: str | None,
-    k: int, aggregation: str, in_stock_only: bool,
+    image: Path | None,
+    image_id: str | None,
+    listing_id: str | None,
+    k: int,
+    aggregation: str,
+    in_stock_only: bool,
 ) -> QueryAnswer:
     query = Query(
         image=image.read_bytes() if image else None,

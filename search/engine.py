@@ -97,7 +97,12 @@ class ExactIndex:
         if q.shape != (self.model.dim,):
             raise ValueError(f"query vector must have {self.model.dim} values, got {q.shape[0]}")
         with self._lock:
-            vectors, starts, listing_ids, image_ids = self.vectors, self.starts, self.listing_ids, self.image_ids
+            vectors, starts, listing_ids, image_ids = (
+                self.vectors,
+                self.starts,
+                self.listing_ids,
+                self.image_ids,
+            )
         scores = vectors @ q
         per_listing = scoring.aggregate(scores, starts, opts)
         allowed = np.ones(len(listing_ids), dtype=bool)
@@ -109,10 +114,13 @@ class ExactIndex:
         out = []
         for i in scoring.rank(per_listing, listing_ids, allowed, opts):
             found = scoring.matches(scores, int(starts[i]), int(ends[i]), opts.max_matches)
-            out.append(RankedListing(
-                as_uuid(listing_ids[i]), float(per_listing[i]),
-                tuple((as_uuid(image_ids[r]), s) for r, s in found),
-            ))
+            out.append(
+                RankedListing(
+                    as_uuid(listing_ids[i]),
+                    float(per_listing[i]),
+                    tuple((as_uuid(image_ids[r]), s) for r, s in found),
+                )
+            )
         return out
 
 

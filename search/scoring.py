@@ -62,7 +62,12 @@ def aggregate(scores: F32, starts: I64, opts: ScoreOptions) -> F32:
     return (sums / counts).astype(np.float32)
 
 
-def rank(listing_scores: F32, listing_ids: npt.NDArray[np.bytes_], allowed: npt.NDArray[np.bool_], opts: ScoreOptions) -> I64:
+def rank(
+    listing_scores: F32,
+    listing_ids: npt.NDArray[np.bytes_],
+    allowed: npt.NDArray[np.bool_],
+    opts: ScoreOptions,
+) -> I64:
     """Indices of the allowed listings, best first (score desc, then listing id), at most k."""
     ok = allowed.copy()
     if opts.min_score is not None:

@@ -35,7 +35,9 @@ class Query:
     def __post_init__(self) -> None:
         given = [f.name for f in dataclasses.fields(self) if getattr(self, f.name) is not None]
         if len(given) != 1:
-            raise ValueError(f"a query needs exactly one of image, image_id, listing_id, vector; got {given or 'none'}")
+            raise ValueError(
+                f"a query needs exactly one of image, image_id, listing_id, vector; got {given or 'none'}"
+            )
 
 
 class SearchService:
@@ -58,7 +60,10 @@ class SearchService:
             if self._model_factory is None:
                 raise RuntimeError("this service was built without a model: search by id or vector")
             model = self._model_factory()
-            if (model.info.name, model.info.weights) != (self.index.model.name, self.index.model.weights):
+            if (model.info.name, model.info.weights) != (
+                self.index.model.name,
+                self.index.model.weights,
+            ):
                 raise RuntimeError(
                     f"the loaded model {model.info.name} ({model.info.weights}) is not the one that "
                     f"made the stored vectors ({self.index.model.name}, {self.index.model.weights})"
@@ -98,7 +103,9 @@ class SearchService:
         names = self.store.listing_names([r.listing_id for r in ranked])
         results = tuple(
             ListingResult(
-                r.listing_id, names.get(r.listing_id, ""), r.score,
+                r.listing_id,
+                names.get(r.listing_id, ""),
+                r.score,
                 stock[r.listing_id].inventory if r.listing_id in stock else None,
                 tuple(ImageMatch(i, s) for i, s in r.matches),
             )
@@ -109,7 +116,10 @@ class SearchService:
         return answer
 
     def _rank_with_stock(
-        self, vector: npt.NDArray[np.float32], opts: ScoreOptions, in_stock_only: bool,
+        self,
+        vector: npt.NDArray[np.float32],
+        opts: ScoreOptions,
+        in_stock_only: bool,
         exclude: list[uuid.UUID],
     ) -> tuple[list[RankedListing], dict[uuid.UUID, StockLevel]]:
         """Rank, then join live stock; with ``in_stock_only`` widen the ranking until k
@@ -128,18 +138,29 @@ class SearchService:
 
 def _row(result: ListingResult) -> ResultRow:
     return ResultRow(
-        result.score, result.listing_id, result.listing_name, result.inventory,
+        result.score,
+        result.listing_id,
+        result.listing_name,
+        result.inventory,
         tuple((m.image_id, m.score) for m in result.images),
     )
 
 
 def answer_from_rows(query_id: uuid.UUID, rows: list[ResultRow]) -> QueryAnswer:
     """A stored answer, read back from ``query_results``."""
-    return QueryAnswer(query_id, tuple(
-        ListingResult(r.listing_id, r.listing_name, r.score, r.inventory,
-                      tuple(ImageMatch(i, s) for i, s in r.matches))
-        for r in rows
-    ))
+    return QueryAnswer(
+        query_id,
+        tuple(
+            ListingResult(
+                r.listing_id,
+                r.listing_name,
+                r.score,
+                r.inventory,
+                tuple(ImageMatch(i, s) for i, s in r.matches),
+            )
+            for r in rows
+        ),
+    )
 
 
 __all__ = ["Query", "SearchService", "UnknownId", "answer_from_rows"]

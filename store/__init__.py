@@ -19,6 +19,5 @@ def open_store(url: str) -> Store:
 
         return CassandraStore(url)
     raise StoreError(
-        f"store URL must start with sqlite:/// or cassandra://, got {url!r} "
-        "(set LOOKALIKE_STORE)"
+        f"store URL must start with sqlite:/// or cassandra://, got {url!r} (set LOOKALIKE_STORE)"
     )

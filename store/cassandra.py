@@ -38,13 +38,10 @@ TABLES = (
 MAX_TTL_SECONDS = 630_720_000  # Cassandra's limit: 20 years
 
 # -- data ---------------------------------------------------------------------------------
-INSERT_MODEL = (
-    "INSERT INTO models (name, version, dim, dtype, weights, created_at) VALUES (?, ?, ?, ?, ?, ?)"
-)
+INSERT_MODEL = "INSERT INTO models (name, version, dim, dtype, weights, created_at) VALUES (?, ?, ?, ?, ?, ?)"
 SELECT_MODEL = "SELECT name, version, dim, dtype, weights FROM models WHERE name = ?"
 INSERT_FEATURE = (
-    "INSERT INTO features (listing_id, model, image_id, feature_vector, created_at) "
-    "VALUES (?, ?, ?, ?, ?)"
+    "INSERT INTO features (listing_id, model, image_id, feature_vector, created_at) VALUES (?, ?, ?, ?, ?)"
 )
 INSERT_IMAGE = (
     "INSERT INTO images (listing_id, image_id, uri, content_type, width, height, size_bytes, "
@@ -57,9 +54,7 @@ SELECT_IMAGE = (
     "SELECT listing_id, image_id, uri, content_type, width, height, size_bytes, ingested_at "
     "FROM images WHERE listing_id = ? AND image_id = ?"
 )
-SELECT_FEATURE_KEY = (
-    "SELECT image_id FROM features WHERE listing_id = ? AND model = ? AND image_id = ?"
-)
+SELECT_FEATURE_KEY = "SELECT image_id FROM features WHERE listing_id = ? AND model = ? AND image_id = ?"
 SELECT_LISTING_FEATURES = (
     "SELECT listing_id, image_id, feature_vector FROM features WHERE listing_id = ? AND model = ?"
 )
@@ -76,8 +71,7 @@ INSERT_RESULT = (
     "created_at) VALUES (?, ?, ?, ?, ?, ?, ?) USING TTL ?"
 )
 SELECT_RESULTS = (
-    "SELECT score, listing_id, listing_name, inventory, matches FROM query_results "
-    "WHERE query_id = ?"
+    "SELECT score, listing_id, listing_name, inventory, matches FROM query_results WHERE query_id = ?"
 )
 SELECT_RESULTS_TOP = SELECT_RESULTS + " LIMIT ?"
 COUNT_ROWS = "SELECT count(*) FROM {table}"
@@ -280,9 +274,7 @@ class CassandraStore:
     def count(self, table: str) -> int:
         if table not in TABLES:
             raise ValueError(f"table must be one of {TABLES}, got {table!r}")
-        row = self._cql.execute(
-            COUNT_ROWS.format(table=table), timeout=self.settings.ddl_timeout_s
-        ).one()
+        row = self._cql.execute(COUNT_ROWS.format(table=table), timeout=self.settings.ddl_timeout_s).one()
         return int(row[0])
 
     def close(self) -> None:

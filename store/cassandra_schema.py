@@ -28,12 +28,10 @@ CREATE_SCHEMA_VERSIONS = (
     "(version text PRIMARY KEY, applied_at timestamp, checksum text)"
 )
 CREATE_SCHEMA_LOCK = (
-    "CREATE TABLE IF NOT EXISTS schema_lock "
-    "(name text PRIMARY KEY, owner uuid, acquired_at timestamp)"
+    "CREATE TABLE IF NOT EXISTS schema_lock (name text PRIMARY KEY, owner uuid, acquired_at timestamp)"
 )
 LOCK_SCHEMA = (
-    "INSERT INTO schema_lock (name, owner, acquired_at) VALUES ('schema', ?, ?) "
-    "IF NOT EXISTS USING TTL ?"
+    "INSERT INTO schema_lock (name, owner, acquired_at) VALUES ('schema', ?, ?) IF NOT EXISTS USING TTL ?"
 )
 UNLOCK_SCHEMA = "DELETE FROM schema_lock WHERE name = 'schema' IF owner = ?"
 SELECT_VERSIONS = "SELECT version, applied_at, checksum FROM schema_versions"

@@ -152,12 +152,19 @@ class CqlSession:
         return context
 
     def use_keyspace(self) -> bool:
-        """Make the target keyspace the session's, if it exists yet."""
+        """Make the target keyspace the session's, if it exists yet. When it looks absent,
+        the schema metadata is read again first: another machine may have just made it."""
         if self._session.keyspace == self.target.keyspace:
             return True
-        if self.target.keyspace not in self._cluster.metadata.keyspaces:
-            return False
-        self._session.set_keyspace(self.target.keyspace)
+        keyspaces = self._cluster.metadata.keyspaces
+        with self._mapped("reading the schema"):
+            if self.target.keyspace not in keyspaces:
+                wait = self.settings.ddl_timeout_s
+                self._cluster.refresh_schema_metadata(max_schema_agreement_wait=wait)
+                keyspaces = self._cluster.metadata.keyspaces
+            if self.target.keyspace not in keyspaces:
+                return False
+            self._session.set_keyspace(self.target.keyspace)
         return True
 
     def has_table(self, table: str) -> bool:
@@ -239,9 +246,7 @@ class CqlSession:
         timeout: float | None = None,
     ) -> Any:
         """Run one prepared statement, retrying transient failures."""
-        options: dict[str, Any] = {
-            "execution_profile": WRITE_PROFILE if write else EXEC_PROFILE_DEFAULT
-        }
+        options: dict[str, Any] = {"execution_profile": WRITE_PROFILE if write else EXEC_PROFILE_DEFAULT}
         if paging_state is not None:
             options["paging_state"] = paging_state
         if timeout is not None:
@@ -269,9 +274,7 @@ class CqlSession:
                     f"{self.settings.ddl_timeout_s:.0f}s after: {cql.splitlines()[0]}"
                 )
 
-    def pages(
-        self, cql: str, params: Sequence[object] = (), *, write: bool = False
-    ) -> Iterator[list[Row]]:
+    def pages(self, cql: str, params: Sequence[object] = (), *, write: bool = False) -> Iterator[list[Row]]:
         """The rows of a query, one page (``fetch_size`` rows) at a time; each page retried."""
         state: bytes | None = None
         while True:
@@ -286,9 +289,7 @@ class CqlSession:
     def rows(self, cql: str, params: Sequence[object] = (), *, write: bool = False) -> list[Row]:
         return [row for page in self.pages(cql, params, write=write) for row in page]
 
-    def execute_many(
-        self, requests: Sequence[tuple[str, Sequence[object]]], *, write: bool
-    ) -> list[Any]:
+    def execute_many(self, requests: Sequence[tuple[str, Sequence[object]]], *, write: bool) -> list[Any]:
         """Run many statements with at most ``concurrency`` in flight; results in order.
         Only the failed ones are retried; the first error left after retries is raised."""
         if not requests:

@@ -39,9 +39,7 @@ _FACTOR = re.compile(r"^[1-9][0-9]{0,2}(/[0-9]{1,3})?$")  # "3", or "3/1" (trans
 class CassandraSettings(BaseSettings):
     """How the Cassandra store talks to the cluster (not where: that is the URL)."""
 
-    model_config = SettingsConfigDict(
-        env_prefix="LOOKALIKE_CASSANDRA_", extra="forbid", frozen=True
-    )
+    model_config = SettingsConfigDict(env_prefix="LOOKALIKE_CASSANDRA_", extra="forbid", frozen=True)
 
     # Keyspace replication, as JSON: {"class": "NetworkTopologyStrategy", "dc1": 3, "dc2": 3}.
     replication: dict[str, str] = Field(
@@ -84,18 +82,14 @@ class CassandraSettings(BaseSettings):
         out = {str(k): str(v) for k, v in value.items()}
         strategy = out.get("class", "").rsplit(".", 1)[-1]
         if strategy not in STRATEGIES:
-            raise ValueError(
-                f"replication class must be one of {STRATEGIES}, got {out.get('class')!r}"
-            )
+            raise ValueError(f"replication class must be one of {STRATEGIES}, got {out.get('class')!r}")
         factors = {k: v for k, v in out.items() if k != "class"}
         if strategy == "SimpleStrategy" and set(factors) != {"replication_factor"}:
             raise ValueError(
                 f'SimpleStrategy takes exactly {{"replication_factor": N}}, got {sorted(factors)}'
             )
         if not factors:
-            raise ValueError(
-                'NetworkTopologyStrategy needs a factor per data centre, e.g. {"dc1": 3}'
-            )
+            raise ValueError('NetworkTopologyStrategy needs a factor per data centre, e.g. {"dc1": 3}')
         for key, factor in factors.items():
             if not _FACTOR.match(factor):
                 raise ValueError(f"replication factor of {key!r} must be N or N/T, got {factor!r}")
@@ -106,13 +100,9 @@ class CassandraSettings(BaseSettings):
     @model_validator(mode="after")
     def _tls(self) -> CassandraSettings:
         if self.tls_ca_file is not None and not self.tls:
-            raise ValueError(
-                "LOOKALIKE_CASSANDRA_TLS_CA_FILE is set but LOOKALIKE_CASSANDRA_TLS is not"
-            )
+            raise ValueError("LOOKALIKE_CASSANDRA_TLS_CA_FILE is set but LOOKALIKE_CASSANDRA_TLS is not")
         if self.password.get_secret_value() and not self.username:
-            raise ValueError(
-                "LOOKALIKE_CASSANDRA_PASSWORD is set but LOOKALIKE_CASSANDRA_USERNAME is not"
-            )
+            raise ValueError("LOOKALIKE_CASSANDRA_PASSWORD is set but LOOKALIKE_CASSANDRA_USERNAME is not")
         return self
 
     def replication_cql(self) -> str:
@@ -159,9 +149,7 @@ def parse_url(url: str) -> CassandraTarget:
     for pair in filter(None, query.split("&")):
         key, _, value = pair.partition("=")
         if key != "dc" or not value:
-            raise StoreError(
-                f"{expected}; the only URL option is dc=<local data centre>, got {pair!r}"
-            )
+            raise StoreError(f"{expected}; the only URL option is dc=<local data centre>, got {pair!r}")
         options[key] = value
     return CassandraTarget(hosts, keyspace.lower(), options.get("dc"))
 

@@ -74,14 +74,10 @@ def load_migrations(directory: Path | None = None) -> list[Migration]:
     for path in sorted(folder.glob("*.cql")):
         match = _NAME.match(path.name)
         if not match:
-            raise ValueError(
-                f"CQL file names look like 001_tables.cql, got {path.name!r} in {folder}"
-            )
+            raise ValueError(f"CQL file names look like 001_tables.cql, got {path.name!r} in {folder}")
         version = match["version"]
         if version in found:
-            raise ValueError(
-                f"two CQL files have version {version}: {found[version].name}, {path.name}"
-            )
+            raise ValueError(f"two CQL files have version {version}: {found[version].name}, {path.name}")
         data = path.read_bytes()
         found[version] = Migration(
             version,

@@ -14,6 +14,7 @@ import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -44,7 +45,13 @@ CREATE TABLE IF NOT EXISTS models (
     name TEXT PRIMARY KEY, version TEXT, dim INTEGER, dtype TEXT, weights TEXT, created_at TEXT);
 """
 TABLES = (
-    "features", "images", "images_by_id", "listings", "stock_level", "query_results", "models",
+    "features",
+    "images",
+    "images_by_id",
+    "listings",
+    "stock_level",
+    "query_results",
+    "models",
 )
 _KEY_SPACE = 1 << 32
 
@@ -118,12 +125,26 @@ class SQLiteStore:
     def write_extracted(self, batch: Sequence[Extracted], dtype: str) -> None:
         now = _now()
         features = [
-            (e.image.listing_id.bytes, e.model, e.image.image_id.bytes, codec.encode(e.vector, dtype), now)
+            (
+                e.image.listing_id.bytes,
+                e.model,
+                e.image.image_id.bytes,
+                codec.encode(e.vector, dtype),
+                now,
+            )
             for e in batch
         ]
         images = [
-            (i.listing_id.bytes, i.image_id.bytes, i.uri, i.content_type, i.width, i.height,
-             i.size_bytes, i.ingested_at.isoformat())
+            (
+                i.listing_id.bytes,
+                i.image_id.bytes,
+                i.uri,
+                i.content_type,
+                i.width,
+                i.height,
+                i.size_bytes,
+                i.ingested_at.isoformat(),
+            )
             for i in (e.image for e in batch)
         ]
         by_id = [(e.image.image_id.bytes, e.image.listing_id.bytes) for e in batch]
@@ -197,7 +218,13 @@ class SQLiteStore:
             return None
         lid, iid, uri, ctype, width, height, size, at = row
         return ImageRecord(
-            uuid.UUID(bytes=lid), uuid.UUID(bytes=iid), uri, ctype, width, height, size,
+            uuid.UUID(bytes=lid),
+            uuid.UUID(bytes=iid),
+            uri,
+            ctype,
+            width,
+            height,
+            size,
             datetime.fromisoformat(at),
         )
 
@@ -230,8 +257,16 @@ class SQLiteStore:
     ) -> None:
         now, expires = _now(), time.time() + ttl
         values = [
-            (query_id.bytes, _f32(r.score), r.listing_id.bytes, r.listing_name, r.inventory,
-             json.dumps([[str(i), _f32(s)] for i, s in r.matches]), now, expires)
+            (
+                query_id.bytes,
+                _f32(r.score),
+                r.listing_id.bytes,
+                r.listing_name,
+                r.inventory,
+                json.dumps([[str(i), _f32(s)] for i, s in r.matches]),
+                now,
+                expires,
+            )
             for r in rows
         ]
         with self._lock, self._db:
@@ -252,7 +287,10 @@ class SQLiteStore:
             rows = self._db.execute(sql, args).fetchall()
         return [
             ResultRow(
-                score, uuid.UUID(bytes=lid), name, inventory,
+                score,
+                uuid.UUID(bytes=lid),
+                name,
+                inventory,
                 tuple((uuid.UUID(i), float(s)) for i, s in json.loads(matches)),
             )
             for score, lid, name, inventory, matches in rows
@@ -269,8 +307,8 @@ class SQLiteStore:
         with self._lock:
             self._db.close()
 
-    def _select_in(self, select: str, ids: Sequence[uuid.UUID]) -> list[tuple[object, ...]]:
-        out: list[tuple[object, ...]] = []
+    def _select_in(self, select: str, ids: Sequence[uuid.UUID]) -> list[tuple[Any, ...]]:
+        out: list[tuple[Any, ...]] = []
         with self._lock:
             for chunk in _chunks([i.bytes for i in ids], 500):
                 marks = ",".join("?" * len(chunk))
@@ -293,7 +331,6 @@ def _feature_batch(rows: Sequence[tuple[bytes, bytes, bytes]], model: ModelInfo)
     )
 
 
-def _stock(row: tuple[object, ...]) -> StockLevel:
+def _stock(row: tuple[Any, ...]) -> StockLevel:
     lid, inventory, etag = row
-    assert isinstance(lid, bytes) and isinstance(etag, bytes)
-    return StockLevel(uuid.UUID(bytes=lid), int(str(inventory)), uuid.UUID(bytes=etag))
+    return StockLevel(uuid.UUID(bytes=lid), int(inventory), uuid.UUID(bytes=etag))

@@ -25,8 +25,12 @@ class TinyNet(nn.Module):
     def __init__(self, dim: int = 32) -> None:
         super().__init__()
         self.body = nn.Sequential(
-            nn.Conv2d(3, 8, 5, stride=4), nn.ReLU(), nn.Conv2d(8, dim, 3, stride=2), nn.ReLU(),
-            nn.AdaptiveAvgPool2d(1), nn.Flatten(1),
+            nn.Conv2d(3, 8, 5, stride=4),
+            nn.ReLU(),
+            nn.Conv2d(8, dim, 3, stride=2),
+            nn.ReLU(),
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(1),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

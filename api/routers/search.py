@@ -56,13 +56,21 @@ _REQUEST_BODY: dict[str, Any] = {
     "requestBody": {
         "required": True,
         "content": {
-            "multipart/form-data": {"schema": {
-                "type": "object", "required": ["image"],
-                "properties": {"image": {"type": "string", "format": "binary"},
-                               "k": {"type": "integer", "minimum": 1, "maximum": MAX_K},
-                               "aggregation": {"type": "string", "enum": ["max", "mean_top_n", "count_above"]},
-                               "in_stock_only": {"type": "boolean"}},
-            }},
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["image"],
+                    "properties": {
+                        "image": {"type": "string", "format": "binary"},
+                        "k": {"type": "integer", "minimum": 1, "maximum": MAX_K},
+                        "aggregation": {
+                            "type": "string",
+                            "enum": ["max", "mean_top_n", "count_above"],
+                        },
+                        "in_stock_only": {"type": "boolean"},
+                    },
+                }
+            },
             "application/json": {"schema": SearchById.model_json_schema()},
         },
     }
@@ -85,12 +93,16 @@ async def _parse(request: Request) -> tuple[Query, SearchOptions]:
         if ctype.startswith("application/json"):
             body = SearchById.model_validate_json(await request.body())
             query = Query(image_id=body.image_id, listing_id=body.listing_id)
-            return query, SearchOptions(k=body.k, aggregation=body.aggregation, in_stock_only=body.in_stock_only)
+            return query, SearchOptions(
+                k=body.k, aggregation=body.aggregation, in_stock_only=body.in_stock_only
+            )
     except ValidationError as exc:
         raise HTTPException(422, json.loads(exc.json(include_url=False))) from None
     except ValueError as exc:
         raise HTTPException(422, str(exc)) from None
-    raise HTTPException(415, "send multipart/form-data with an 'image' file, or JSON with image_id or listing_id")
+    raise HTTPException(
+        415, "send multipart/form-data with an 'image' file, or JSON with image_id or listing_id"
+    )
 
 
 @router.post("/search", response_model=AnswerOut, openapi_extra=_REQUEST_BODY)

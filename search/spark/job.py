@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,7 +37,7 @@ def load_features(spark: SparkSession, store_url: str, model: ModelInfo, shards:
     """Every vector of ``model`` as a cached DataFrame (vectors kept in their stored dtype)."""
     n = shards or 2 * spark.sparkContext.defaultParallelism
 
-    def read(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+    def read(batches: Iterable[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         store = open_store(store_url)
         try:
             for shard_batch in batches:
@@ -69,9 +69,11 @@ def _feature_record_batch(fb: FeatureBatch, dtype: str) -> pa.RecordBatch:
     vectors = np.ascontiguousarray(fb.vectors, dtype=numpy_dtype(dtype))
     n = len(fb)
     return pa.RecordBatch.from_arrays(
-        [_fixed_width_column(fb.listing_ids.tobytes(), n, 16),
-         _fixed_width_column(fb.image_ids.tobytes(), n, 16),
-         _fixed_width_column(vectors.tobytes(), n, vectors.shape[1] * vectors.itemsize)],
+        [
+            _fixed_width_column(fb.listing_ids.tobytes(), n, 16),
+            _fixed_width_column(fb.image_ids.tobytes(), n, 16),
+            _fixed_width_column(vectors.tobytes(), n, vectors.shape[1] * vectors.itemsize),
+        ],
         names=["listing_id", "image_id", "vector"],
     )
 
@@ -94,7 +96,7 @@ class _Scorer:
     model: ModelInfo
     allowed: frozenset[bytes] | None  # in-stock listing ids, when filtering
 
-    def __call__(self, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+    def __call__(self, batches: Iterable[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         table = pa.Table.from_batches(list(batches), schema=_features_arrow_schema())
         if table.num_rows == 0:
             return
@@ -106,7 +108,12 @@ class _Scorer:
         if self.allowed is not None:
             allowed = np.isin(listing_ids, np.array(sorted(self.allowed), dtype="S16"))
         scores = vectors @ self.queries.T  # (rows, queries): one matrix product
-        out: dict[str, list[object]] = {"query_idx": [], "listing_id": [], "score": [], "matches": []}
+        out: dict[str, list[object]] = {
+            "query_idx": [],
+            "listing_id": [],
+            "score": [],
+            "matches": [],
+        }
         for q in range(scores.shape[1]):
             column = np.ascontiguousarray(scores[:, q])
             per_listing = scoring.aggregate(column, starts, self.opts)
@@ -124,8 +131,14 @@ def _features_arrow_schema() -> pa.Schema:
 
 
 def _candidates_arrow_schema() -> pa.Schema:
-    return pa.schema([("query_idx", pa.int32()), ("listing_id", pa.binary()),
-                      ("score", pa.float32()), ("matches", pa.string())])
+    return pa.schema(
+        [
+            ("query_idx", pa.int32()),
+            ("listing_id", pa.binary()),
+            ("score", pa.float32()),
+            ("matches", pa.string()),
+        ]
+    )
 
 
 @dataclass(frozen=True)
@@ -135,7 +148,7 @@ class _Writer:
     store_url: str
     query_ids: tuple[str, ...]
 
-    def __call__(self, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+    def __call__(self, batches: Iterable[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         rows = [row for batch in batches for row in batch.to_pylist()]
         if not rows:
             return
@@ -154,13 +167,22 @@ class _Writer:
 
 
 def _results_arrow_schema() -> pa.Schema:
-    return pa.schema([*_candidates_arrow_schema(), ("inventory", pa.int32()),
-                      ("rank", pa.int32()), ("listing_name", pa.string())])
+    return pa.schema(
+        [
+            *_candidates_arrow_schema(),
+            ("inventory", pa.int32()),
+            ("rank", pa.int32()),
+            ("listing_name", pa.string()),
+        ]
+    )
 
 
 def _result_row(r: dict[str, Any]) -> ResultRow:
     return ResultRow(
-        float(r["score"]), uuid.UUID(bytes=r["listing_id"]), r["listing_name"], r["inventory"],
+        float(r["score"]),
+        uuid.UUID(bytes=r["listing_id"]),
+        r["listing_name"],
+        r["inventory"],
         tuple((uuid.UUID(i), float(s)) for i, s in json.loads(r["matches"])),
     )
 
@@ -206,8 +228,13 @@ def _answers(rows: list[dict[str, Any]], query_ids: tuple[str, ...]) -> list[Que
     per_query: dict[int, list[ListingResult]] = {i: [] for i in range(len(query_ids))}
     for r in sorted(rows, key=lambda r: (r["query_idx"], r["rank"])):
         row = _result_row(r)
-        per_query[r["query_idx"]].append(ListingResult(
-            row.listing_id, row.listing_name, row.score, row.inventory,
-            tuple(ImageMatch(i, s) for i, s in row.matches),
-        ))
+        per_query[r["query_idx"]].append(
+            ListingResult(
+                row.listing_id,
+                row.listing_name,
+                row.score,
+                row.inventory,
+                tuple(ImageMatch(i, s) for i, s in row.matches),
+            )
+        )
     return [QueryAnswer(uuid.UUID(query_ids[i]), tuple(res)) for i, res in per_query.items()]

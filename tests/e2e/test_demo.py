@@ -23,9 +23,13 @@ LOOKALIKE = str(Path(sys.executable).parent / "lookalike")
 def _post_image(url: str, path: Path) -> dict:  # type: ignore[type-arg]
     boundary = uuid.uuid4().hex
     body = (
-        f"--{boundary}\r\nContent-Disposition: form-data; name=\"image\"; filename=\"{path.name}\"\r\n"
-        "Content-Type: image/jpeg\r\n\r\n"
-    ).encode() + path.read_bytes() + f"\r\n--{boundary}--\r\n".encode()
+        (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="{path.name}"\r\n'
+            "Content-Type: image/jpeg\r\n\r\n"
+        ).encode()
+        + path.read_bytes()
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
     request = urllib.request.Request(url, body, {"Content-Type": f"multipart/form-data; boundary={boundary}"})
     with urllib.request.urlopen(request, timeout=120) as response:
         return json.load(response)  # type: ignore[no-any-return]
@@ -45,22 +49,35 @@ def _wait_for(url: str, proc: subprocess.Popen[str], timeout_s: float) -> None:
 
 def test_demo_prints_the_table_then_serves(tmp_path: Path) -> None:
     port = free_port()
-    env = {**os.environ, "LOOKALIKE_DATA_DIR": str(tmp_path), "LOOKALIKE_API_PORT": str(port), "COLUMNS": "200"}
+    env = {
+        **os.environ,
+        "LOOKALIKE_DATA_DIR": str(tmp_path),
+        "LOOKALIKE_API_PORT": str(port),
+        "COLUMNS": "200",
+    }
     env.pop("LOOKALIKE_STORE", None)
     env.pop("LOOKALIKE_KAFKA_BOOTSTRAP", None)
-    first = subprocess.run([LOOKALIKE, "demo", "--no-serve"], env=env, capture_output=True, text=True, timeout=900)
+    first = subprocess.run(
+        [LOOKALIKE, "demo", "--no-serve"], env=env, capture_output=True, text=True, timeout=900
+    )
     assert first.returncode == 0, first.stdout + first.stderr
     assert "top listing 'coffee' is the one the query photo came from" in first.stdout
     assert "agrees with Spark" in first.stdout
     assert "RANDOM weights" in first.stderr  # loud when no pretrained weights are present
 
-    server = subprocess.Popen([LOOKALIKE, "demo"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    server = subprocess.Popen(
+        [LOOKALIKE, "demo"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
     try:
         _wait_for(f"http://127.0.0.1:{port}/healthz", server, 600)
-        answer = _post_image(f"http://127.0.0.1:{port}/v1/search", tmp_path / "queries" / "coffee-held-out.jpg")
+        answer = _post_image(
+            f"http://127.0.0.1:{port}/v1/search", tmp_path / "queries" / "coffee-held-out.jpg"
+        )
         assert answer["results"][0]["listing_name"] == "coffee"
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/search/{answer['query_id']}") as r:
-            assert [x["listing_id"] for x in json.load(r)["results"]] == [x["listing_id"] for x in answer["results"]]
+            assert [x["listing_id"] for x in json.load(r)["results"]] == [
+                x["listing_id"] for x in answer["results"]
+            ]
     finally:
         server.send_signal(signal.SIGINT)
         out, _ = server.communicate(timeout=60)

@@ -74,10 +74,16 @@ def test_search_by_ids_leaves_out_the_own_listing(client: TestClient) -> None:
         ({"json": {"listing_id": str(uuid.uuid4()), "colour": "red"}}, 422, "Extra inputs"),
         ({"files": {"image": ("a.jpg", b"not an image", "image/jpeg")}}, 422, "not a usable image"),
         ({"files": {"photo": ("a.jpg", b"x", "image/jpeg")}}, 422, "field named 'image'"),
-        ({"content": b"hello", "headers": {"content-type": "text/plain"}}, 415, "multipart/form-data"),
+        (
+            {"content": b"hello", "headers": {"content-type": "text/plain"}},
+            415,
+            "multipart/form-data",
+        ),
     ],
 )
-def test_bad_requests_get_a_4xx_that_says_why(client: TestClient, kwargs: dict, status: int, says: str) -> None:  # type: ignore[type-arg]
+def test_bad_requests_get_a_4xx_that_says_why(
+    client: TestClient, kwargs: dict, status: int, says: str
+) -> None:  # type: ignore[type-arg]
     r = client.post("/v1/search", **kwargs)
     assert r.status_code == status, r.text
     assert says in r.text

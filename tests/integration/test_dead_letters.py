@@ -30,8 +30,12 @@ def _bomb() -> bytes:
 
 
 def test_bad_payloads_are_dead_lettered(broker: str, sqlite_store, unique: str, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    kafka = KafkaSettings(bootstrap=broker, images_topic=f"img-{unique}", dlq_topic=f"dlq-{unique}",
-                          group=f"g-{unique}")
+    kafka = KafkaSettings(
+        bootstrap=broker,
+        images_topic=f"img-{unique}",
+        dlq_topic=f"dlq-{unique}",
+        group=f"g-{unique}",
+    )
     good = [_message(jpeg_bytes(i)) for i in range(3)]
     bad = {
         "corrupt": _message(jpeg_bytes()[:200]),
@@ -51,8 +55,13 @@ def test_bad_payloads_are_dead_lettered(broker: str, sqlite_store, unique: str, 
     assert sqlite_store.existing_images([m.image_id for m in good], "vgg16_fc7") == {m.image_id for m in good}
     assert handler.times.dead_letters == 5 and stats.messages == 8
 
-    consumer = Consumer({"bootstrap.servers": broker, "group.id": f"check-{unique}",
-                         "auto.offset.reset": "earliest"})
+    consumer = Consumer(
+        {
+            "bootstrap.servers": broker,
+            "group.id": f"check-{unique}",
+            "auto.offset.reset": "earliest",
+        }
+    )
     consumer.subscribe([kafka.dlq_topic])
     letters = []
     for _ in range(60):
@@ -63,6 +72,12 @@ def test_bad_payloads_are_dead_lettered(broker: str, sqlite_store, unique: str, 
     reasons = {dict(m.headers())["error"].decode(): dict(m.headers()).get(b"image_id") for m in letters}
     assert len(letters) == 5
     joined = " | ".join(reasons)
-    for expected in ("corrupt image", "not a decodable image", "over the limit", "cannot read", "missing headers"):
+    for expected in (
+        "corrupt image",
+        "not a decodable image",
+        "over the limit",
+        "cannot read",
+        "missing headers",
+    ):
         assert expected in joined
     assert all(dict(m.headers())["error_stage"] in (b"decode", b"parse") for m in letters)

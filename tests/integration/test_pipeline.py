@@ -42,12 +42,22 @@ def catalogue_dir(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]
 
 
 def test_pipeline_end_to_end(
-    catalogue_dir: tuple[Path, Path], broker: str, spark, sqlite_store, unique: str,  # type: ignore[no-untyped-def]
+    catalogue_dir: tuple[Path, Path],
+    broker: str,
+    spark,
+    sqlite_store,
+    unique: str,  # type: ignore[no-untyped-def]
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     root, query_path = catalogue_dir
-    kafka = KafkaSettings(bootstrap=broker, images_topic=f"img-{unique}", stock_topic=f"stock-{unique}",
-                          dlq_topic=f"dlq-{unique}", group=f"g-{unique}", stock_group=f"s-{unique}")
+    kafka = KafkaSettings(
+        bootstrap=broker,
+        images_topic=f"img-{unique}",
+        stock_topic=f"stock-{unique}",
+        dlq_topic=f"dlq-{unique}",
+        group=f"g-{unique}",
+        stock_group=f"s-{unique}",
+    )
     catalogue = scan_folder(root)
     model = load_model("vgg16_fc7", allow_random=True)
 
@@ -62,7 +72,12 @@ def test_pipeline_end_to_end(
     sent = ingest_and_extract()
     assert sent == catalogue.image_count
     counts = {t: sqlite_store.count(t) for t in ("features", "images", "listings", "stock_level")}
-    assert counts == {"features": sent, "images": sent, "listings": len(LISTINGS), "stock_level": len(LISTINGS)}
+    assert counts == {
+        "features": sent,
+        "images": sent,
+        "listings": len(LISTINGS),
+        "stock_level": len(LISTINGS),
+    }
 
     ingest_and_extract()  # the same images again: stable ids, idempotent writes
     assert {t: sqlite_store.count(t) for t in counts} == counts
@@ -76,8 +91,9 @@ def test_pipeline_end_to_end(
 
     assert from_spark.results[0].listing_name == DEMO_QUERY_LISTING
     assert [r.listing_id for r in from_spark.results] == [r.listing_id for r in from_engine.results]
-    np.testing.assert_allclose([r.score for r in from_spark.results],
-                               [r.score for r in from_engine.results], rtol=1e-5)
+    np.testing.assert_allclose(
+        [r.score for r in from_spark.results], [r.score for r in from_engine.results], rtol=1e-5
+    )
     assert from_spark.results[0].inventory == catalogue.stock[DEMO_QUERY_LISTING]
 
     stored = sqlite_store.read_query_results(from_spark.query_id)

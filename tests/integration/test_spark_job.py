@@ -46,10 +46,13 @@ def test_spark_equals_engine(spark, sqlite_store, catalogue, aggregation: str, i
     for answer, q in zip(answers, l2_normalise(catalogue), strict=True):
         expected = service.search_vector(q, opts, in_stock_only)
         assert [r.listing_id for r in answer.results] == [r.listing_id for r in expected.results]
-        np.testing.assert_allclose([r.score for r in answer.results], [r.score for r in expected.results], rtol=1e-5)
+        np.testing.assert_allclose(
+            [r.score for r in answer.results], [r.score for r in expected.results], rtol=1e-5
+        )
         assert [r.inventory for r in answer.results] == [r.inventory for r in expected.results]
-        assert [[m.image_id for m in r.images] for r in answer.results] == \
-            [[m.image_id for m in r.images] for r in expected.results]
+        assert [[m.image_id for m in r.images] for r in answer.results] == [
+            [m.image_id for m in r.images] for r in expected.results
+        ]
         if in_stock_only:
             assert all(r.inventory and r.inventory > 0 for r in answer.results)
         stored = sqlite_store.read_query_results(answer.query_id)

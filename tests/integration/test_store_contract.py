@@ -8,6 +8,7 @@ The last section checks the parts of the Cassandra adapter that need no cluster.
 
 from __future__ import annotations
 
+import itertools
 import os
 import random
 import time
@@ -31,6 +32,7 @@ from store.cassandra_scan import MAX_TOKEN, MIN_TOKEN, in_range, shard_ranges
 from store.cassandra_session import CqlSession
 from store.cassandra_settings import CassandraSettings, parse_url
 from store.migrations import load_migrations, split_statements
+from store.sqlite import SQLiteStore
 
 pytestmark = pytest.mark.integration
 
@@ -60,7 +62,7 @@ def cassandra_urls() -> Iterator[Callable[[], str]]:
         return f"cassandra://{where}/{made[-1]}"
 
     yield new_url
-    admin = CqlSession(parse_url(new_url()), CassandraSettings())
+    admin = CqlSession(parse_url(f"cassandra://{where}/lookalike_test_admin"), CassandraSettings())
     try:
         for keyspace in made:
             admin.execute_ddl(f"DROP KEYSPACE IF EXISTS {keyspace}")
@@ -136,9 +138,15 @@ def extracted(
         listing = uuid.uuid4()
         for j in range(count):
             image = ImageRecord(
-                listing, uuid.uuid4(), f"file:///img/{i}/{j}.jpg", "image/jpeg", 640, 480,
-                1000 + j, datetime(2024, 5, 6, 7, 8, 9, 123456, tzinfo=UTC),
-            )  # fmt: skip
+                listing,
+                uuid.uuid4(),
+                f"file:///img/{i}/{j}.jpg",
+                "image/jpeg",
+                640,
+                480,
+                1000 + j,
+                datetime(2024, 5, 6, 7, 8, 9, 123456, tzinfo=UTC),
+            )
             out.append(Extracted(image, f"{name} {i}", model.name, next(vecs)))
     return out
 
@@ -173,6 +181,7 @@ def test_apply_schema_twice_applies_nothing_the_second_time(backend: Backend) ->
     try:
         first = store.apply_schema()
         second = store.apply_schema()
+        assert isinstance(store, SQLiteStore | CassandraStore)
         versions = store.applied_versions()
         tables = counts(store)
     finally:
@@ -209,8 +218,13 @@ def test_write_extracted_twice_changes_nothing(store: Store) -> None:
     twice = counts(store)
     added = {table: once[table] - before[table] for table in COUNTED}
     assert added == {
-        "features": 6, "images": 6, "images_by_id": 6, "listings": 3, "stock_level": 0, "models": 0,
-    }  # fmt: skip
+        "features": 6,
+        "images": 6,
+        "images_by_id": 6,
+        "listings": 3,
+        "stock_level": 0,
+        "models": 0,
+    }
     assert twice == once
 
 
@@ -333,9 +347,7 @@ def test_models_side_by_side(store: Store) -> None:
 
     small_rows, large_rows = scanned(small), scanned(large)
     assert small_rows == {e.image.image_id: stored(e.vector, "float16").tobytes() for e in both}
-    assert large_rows == {
-        e.image.image_id: stored(e.vector, "float32").tobytes() for e in again + only_large
-    }
+    assert large_rows == {e.image.image_id: stored(e.vector, "float32").tobytes() for e in again + only_large}
     listing = both[0].image.listing_id
     assert len(store.listing_features(listing, small)) == 2
     assert store.listing_features(listing, large).vectors.shape == (2, 12)
@@ -374,8 +386,11 @@ def test_stock_put_get_all(store: Store) -> None:
 
     assert dict(got) == {levels[0].listing_id: levels[0], updated.listing_id: updated}
     mine = {s.listing_id: s for s in store.all_stock() if s.listing_id in got or s == levels[2]}
-    assert mine == {levels[0].listing_id: levels[0], updated.listing_id: updated,
-                    levels[2].listing_id: levels[2]}  # fmt: skip
+    assert mine == {
+        levels[0].listing_id: levels[0],
+        updated.listing_id: updated,
+        levels[2].listing_id: levels[2],
+    }
     assert dict(store.get_stock([])) == {}
 
 
@@ -384,9 +399,12 @@ def result_rows(n: int) -> list[ResultRow]:
     rng = random.Random(n)
     return [
         ResultRow(
-            rng.uniform(-1, 1), uuid.uuid4(), f"listing {i}", None if i % 3 == 0 else i,
+            rng.uniform(-1, 1),
+            uuid.uuid4(),
+            f"listing {i}",
+            None if i % 3 == 0 else i,
             tuple((uuid.uuid4(), rng.uniform(-1, 1)) for _ in range(i % 3 + 1)),
-        )  # fmt: skip
+        )
         for i in range(n)
     ]
 
@@ -399,10 +417,11 @@ def test_query_results_come_back_best_first(store: Store) -> None:
     query, rows = uuid.uuid4(), result_rows(20)
     store.write_query_results(query, rows)
     expected = [
-        ResultRow(f32(r.score), r.listing_id, r.listing_name, r.inventory,
-                  tuple((i, f32(s)) for i, s in r.matches))
+        ResultRow(
+            f32(r.score), r.listing_id, r.listing_name, r.inventory, tuple((i, f32(s)) for i, s in r.matches)
+        )
         for r in sorted(rows, key=lambda r: -f32(r.score))
-    ]  # fmt: skip
+    ]
 
     assert store.read_query_results(query) == expected
     assert store.read_query_results(query, k=5) == expected[:5]
@@ -450,10 +469,13 @@ def test_cassandra_url_parsing() -> None:
 def test_cassandra_shard_ranges_cover_the_ring_once() -> None:
     tokens = [Murmur3Token.hash_fn(uuid.uuid4().bytes) for _ in range(2000)] + [MAX_TOKEN]
     for shards in (1, 3, 7):
-        ranges = [shard_ranges(s, shards, splits) for s, splits in zip(range(shards), [1, 5, 2, 9, 1, 3, 4], strict=False)]
+        ranges = [
+            shard_ranges(s, shards, splits)
+            for s, splits in zip(range(shards), [1, 5, 2, 9, 1, 3, 4], strict=False)
+        ]
         flat = [r for rs in ranges for r in rs]
         assert flat[0][0] == MIN_TOKEN and flat[-1][1] == MAX_TOKEN
-        assert all(a[1] == b[0] for a, b in zip(flat, flat[1:], strict=False)), "gap or overlap"
+        assert all(a[1] == b[0] for a, b in itertools.pairwise(flat)), "gap or overlap"
         for token in tokens:
             assert sum(in_range(token, r) for r in flat) == 1
     assert Murmur3Token.hash_fn(b"") != MIN_TOKEN  # MIN_TOKEN is never a partition's token
@@ -462,7 +484,9 @@ def test_cassandra_shard_ranges_cover_the_ring_once() -> None:
 
 
 def test_cql_files_split_into_statements() -> None:
-    assert split_statements("-- a; b\nCREATE TABLE t (a text); /* x; */ INSERT INTO t (a) VALUES ('p;q--''r');\n") == [
+    assert split_statements(
+        "-- a; b\nCREATE TABLE t (a text); /* x; */ INSERT INTO t (a) VALUES ('p;q--''r');\n"
+    ) == [
         "CREATE TABLE t (a text)",
         "INSERT INTO t (a) VALUES ('p;q--''r')",
     ]
@@ -485,7 +509,7 @@ def test_cassandra_settings_keep_the_password_secret(monkeypatch: pytest.MonkeyP
     for text in (repr(settings), str(settings), settings.model_dump_json(), repr(store)):
         assert "hunter2" not in text
     with pytest.raises(ValidationError):
-        CassandraSettings(read_consistency="SOMETIMES")
+        CassandraSettings.model_validate({"read_consistency": "SOMETIMES"})
     with pytest.raises(ValidationError):
         CassandraSettings(replication={"class": "SimpleStrategy", "dc1": "3"})
 

@@ -44,7 +44,7 @@ def test_ids_are_stable_and_distinct() -> None:
 
 
 def test_parse_uuid_says_what_was_expected() -> None:
-    with pytest.raises(ValueError, match="--image-id must be a UUID.*'nope'"):
+    with pytest.raises(ValueError, match=r"--image-id must be a UUID.*'nope'"):
         ids.parse_uuid("nope", "--image-id")
 
 
@@ -65,12 +65,25 @@ def test_image_message_round_trips_through_headers() -> None:
     ("headers", "value", "reason"),
     [
         ([], b"x", "missing headers"),
-        ([("listing_id", b"zz"), ("image_id", b"zz"), ("content_type", b"image/jpeg")], b"x", "bad id"),
-        ([("listing_id", str(uuid.uuid4()).encode()), ("image_id", str(uuid.uuid4()).encode()),
-          ("content_type", b"image/jpeg")], b"", "empty"),
+        (
+            [("listing_id", b"zz"), ("image_id", b"zz"), ("content_type", b"image/jpeg")],
+            b"x",
+            "bad id",
+        ),
+        (
+            [
+                ("listing_id", str(uuid.uuid4()).encode()),
+                ("image_id", str(uuid.uuid4()).encode()),
+                ("content_type", b"image/jpeg"),
+            ],
+            b"",
+            "empty",
+        ),
     ],
 )
-def test_image_message_rejects_broken_messages(headers: list[tuple[str, bytes]], value: bytes, reason: str) -> None:
+def test_image_message_rejects_broken_messages(
+    headers: list[tuple[str, bytes]], value: bytes, reason: str
+) -> None:
     with pytest.raises(MessageError, match=reason):
         ImageMessage.from_kafka(headers, value)
 

@@ -65,7 +65,9 @@ def test_weights_from_the_torch_cache_and_from_a_path(tmp_path: Path) -> None:
     explicit = tmp_path / "mine.pth"
     torch.save(net.state_dict(), explicit)
     from_path = load_model("resnet50_pool", weights=explicit)
-    np.testing.assert_allclose(from_cache.embed_images(_images(1)), from_path.embed_images(_images(1)), atol=1e-6)
+    np.testing.assert_allclose(
+        from_cache.embed_images(_images(1)), from_path.embed_images(_images(1)), atol=1e-6
+    )
     random = load_model("resnet50_pool", weights=None, allow_random=True)
     assert random.info.weights.startswith("file:")  # the cache wins over random weights
     assert model_mod.find_weights(spec, None) == cached

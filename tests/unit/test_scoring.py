@@ -45,11 +45,13 @@ def make_index(seed: int, n_listings: int = 30, ties: bool = False):  # type: ig
         v[len(v) // 2 :] = v[: len(v) - len(v) // 2]
     image_ids = [uuid.uuid4() for _ in listing_of]
     index = ExactIndex(MODEL)
-    index.add(FeatureBatch(
-        np.array([x.bytes for x in listing_of], dtype="S16"),
-        np.array([x.bytes for x in image_ids], dtype="S16"),
-        v,
-    ))
+    index.add(
+        FeatureBatch(
+            np.array([x.bytes for x in listing_of], dtype="S16"),
+            np.array([x.bytes for x in image_ids], dtype="S16"),
+            v,
+        )
+    )
     return index, v, listing_of, image_ids
 
 
@@ -89,7 +91,9 @@ def test_exclude_min_score_and_remove() -> None:
 def test_add_replaces_an_existing_image() -> None:
     index, v, listing_of, image_ids = make_index(4)
     n = len(index)
-    index.add(FeatureBatch(np.array([listing_of[0].bytes], "S16"), np.array([image_ids[0].bytes], "S16"), -v[:1]))
+    index.add(
+        FeatureBatch(np.array([listing_of[0].bytes], "S16"), np.array([image_ids[0].bytes], "S16"), -v[:1])
+    )
     assert len(index) == n
     _, vec = index.image_vector(image_ids[0])
     np.testing.assert_array_equal(vec, -v[0])
@@ -99,9 +103,9 @@ def test_clear_errors() -> None:
     index, *_ = make_index(5)
     with pytest.raises(ValueError, match=f"must have {DIM} values, got 3"):
         index.search(np.ones(3, np.float32), ScoreOptions())
-    with pytest.raises(UnknownId, match="image .* has no vector"):
+    with pytest.raises(UnknownId, match=r"image .* has no vector"):
         index.image_vector(uuid.uuid4())
-    with pytest.raises(UnknownId, match="listing .* has no vectors"):
+    with pytest.raises(UnknownId, match=r"listing .* has no vectors"):
         index.listing_vectors(uuid.uuid4())
     with pytest.raises(ValueError, match="k must be at least 1"):
         ScoreOptions(k=0)
