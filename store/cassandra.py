@@ -18,7 +18,7 @@ import numpy as np
 from schemas import codec
 from schemas.records import Extracted, FeatureBatch, ImageRecord, ModelInfo, StockLevel, utcnow
 from store import cassandra_schema
-from store.base import QUERY_TTL_SECONDS, ResultRow
+from store.base import QUERY_TTL_SECONDS, ResultRow, StoreError
 from store.cassandra_scan import TokenRange, ordered_parallel, shard_ranges
 from store.cassandra_schema import utc
 from store.cassandra_session import CqlSession, Row
@@ -168,6 +168,10 @@ class CassandraStore:
         splits = self.settings.scan_splits or max(8, 4 * self._cql.host_count())
         ranges = shard_ranges(shard, shards, max(1, -(-splits // shards)))
         self._cql.prepare(SCAN_FEATURES)  # fail here, not in a reader thread
+        if not self._cql.partitioner().endswith("Murmur3Partitioner"):
+            raise StoreError(
+                f"scans split the Murmur3 token ring; this cluster uses {self._cql.partitioner()!r}"
+            )
 
         def read(token_range: TokenRange) -> Iterator[list[Row]]:
             return self._cql.pages(SCAN_FEATURES, (*token_range, model.name))

@@ -171,6 +171,10 @@ class CqlSession:
         keyspace = self._cluster.metadata.keyspaces.get(self.target.keyspace)
         return keyspace is not None and table in keyspace.tables
 
+    def partitioner(self) -> str:
+        """The cluster's partitioner class name, e.g. org.apache.cassandra.dht.Murmur3Partitioner."""
+        return str(self._cluster.metadata.partitioner or "")
+
     def host_count(self) -> int:
         return max(1, len(self._cluster.metadata.all_hosts()))
 

@@ -1,0 +1,37 @@
+# %% [markdown]
+# # What is in the store
+# Run after `make demo` (it reads `data/lookalike.db`, or `LOOKALIKE_STORE`).
+
+# %%
+from collections import Counter
+
+import numpy as np
+
+from lookalike import stack
+from lookalike.settings import ModelSettings
+from search.engine import load_index
+from search.scoring import ScoreOptions
+
+store = stack.configured_store()
+for table in ("features", "images", "listings", "stock_level", "query_results", "models"):
+    print(f"{table:14} {store.count(table):8d} rows")
+
+# %% [markdown]
+# ## Vectors per listing, and the score spread of a query
+
+# %%
+info = store.get_model(ModelSettings().name)
+assert info is not None, "run `make demo` first"
+index = load_index(store, info)
+per_listing = Counter(bytes(x) for x in index.listing_rows)
+print("images per listing:", sorted(Counter(per_listing.values()).items()))
+query = index.vectors[0]
+answer = index.search(query, ScoreOptions(k=index.listing_count))
+scores = np.array([r.score for r in answer])
+print(
+    f"scores of all {len(scores)} listings for image 0: max {scores.max():.3f}, "
+    f"median {np.median(scores):.3f}, min {scores.min():.3f}"
+)
+names = store.listing_names([r.listing_id for r in answer])
+for r in answer[:5]:
+    print(f"{r.score:.3f}  {names.get(r.listing_id, '')}")
