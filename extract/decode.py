@@ -52,11 +52,9 @@ def decode(data: bytes, max_pixels: int) -> Image.Image:
             return image.convert("RGB")
     except DecodeError:
         raise
-    except (
-        UnidentifiedImageError,
-        Image.DecompressionBombError,
-        Image.DecompressionBombWarning,
-    ) as exc:
+    except UnidentifiedImageError:
+        raise DecodeError(f"not a decodable image: unknown format (starts with {data[:8]!r})") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise DecodeError(f"not a decodable image: {exc}") from None
     except (OSError, SyntaxError, ValueError) as exc:  # truncated or corrupt data
         raise DecodeError(f"corrupt image: {exc}") from None

@@ -12,6 +12,7 @@ from tenacity import (
     before_sleep_log,
     retry_if_exception_type,
     stop_after_delay,
+    stop_never,
     wait_exponential_jitter,
 )
 
@@ -23,12 +24,14 @@ RETRYABLE = (StoreUnavailable, sqlite3.OperationalError, TimeoutError, Connectio
 
 
 class StoreWriter:
-    def __init__(self, store: Store, dtype: str, give_up_after_s: float = 300.0) -> None:
+    def __init__(self, store: Store, dtype: str, give_up_after_s: float | None = None) -> None:
+        """``give_up_after_s=None``: retry until the store is back (an outage stalls the
+        worker, its offsets stay uncommitted, nothing is lost)."""
         self.store, self.dtype = store, dtype
         self._retrying = _Retrying(
             retry=retry_if_exception_type(RETRYABLE),
             wait=wait_exponential_jitter(multiplier=0.5, max=30),
-            stop=stop_after_delay(give_up_after_s),
+            stop=stop_never if give_up_after_s is None else stop_after_delay(give_up_after_s),
             before_sleep=before_sleep_log(log, logging.WARNING),
             reraise=True,
         )

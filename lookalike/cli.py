@@ -70,7 +70,7 @@ def schema_show() -> None:
     from store import open_store
 
     store = open_store(CoreSettings().store_url())
-    versions: list[tuple[str, str]] = getattr(store, "applied_versions", list)()
+    versions = store.applied_versions()
     for version, at in versions:
         console.print(f"{version}  applied {at}")
     if not versions:

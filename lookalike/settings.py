@@ -15,6 +15,8 @@ from typing import Literal
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from store.cassandra_settings import CassandraSettings
+
 PREFIX = "LOOKALIKE_"
 KafkaConfig = dict[str, str | int | float | bool]  # librdkafka options
 
@@ -111,6 +113,7 @@ class ApiSettings(BaseSettings):
 
 
 SETTINGS_CLASSES: tuple[type[BaseSettings], ...] = (
+    CassandraSettings,
     CoreSettings,
     KafkaSettings,
     ModelSettings,

@@ -4,8 +4,9 @@ models and images made here (no downloads)."""
 from __future__ import annotations
 
 import io
+import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +17,9 @@ from torch import nn
 
 from extract.model import SPECS, FeatureModel
 from schemas.records import ModelInfo
+from store import Store, open_store
+from store.cassandra_session import CqlSession
+from store.cassandra_settings import CassandraSettings, parse_url
 from store.sqlite import SQLiteStore
 
 
@@ -50,6 +54,50 @@ def jpeg_bytes(seed: int = 0, size: tuple[int, int] = (96, 64)) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(pixels).save(buf, format="JPEG")
     return buf.getvalue()
+
+
+CASSANDRA_ENV = "LOOKALIKE_TEST_CASSANDRA"
+SKIP_CASSANDRA = "LOOKALIKE_TEST_CASSANDRA not set: Cassandra contract tests skipped"
+CASSANDRA_PARAM = pytest.param(
+    "cassandra",
+    marks=[
+        pytest.mark.cassandra,
+        pytest.mark.skipif(not os.environ.get(CASSANDRA_ENV), reason=SKIP_CASSANDRA),
+    ],
+)
+
+
+@pytest.fixture(scope="session")
+def cassandra_urls() -> Iterator[Callable[[], str]]:
+    """Hands out URLs of new keyspaces on the test cluster; drops them all at the end."""
+    where = os.environ.get(CASSANDRA_ENV, "")
+    if not where:
+        pytest.skip(SKIP_CASSANDRA)
+    made: list[str] = []
+
+    def new_url() -> str:
+        made.append(f"lookalike_test_{uuid.uuid4().hex[:16]}")
+        return f"cassandra://{where}/{made[-1]}"
+
+    yield new_url
+    admin = CqlSession(parse_url(f"cassandra://{where}/lookalike_test_admin"), CassandraSettings())
+    try:
+        for keyspace in made:
+            admin.execute_ddl(f"DROP KEYSPACE IF EXISTS {keyspace}")
+    finally:
+        admin.shutdown()
+
+
+@pytest.fixture(params=["sqlite", CASSANDRA_PARAM])
+def any_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
+    """A fresh store with the schema applied: SQLite always, Cassandra when configured."""
+    if request.param == "sqlite":
+        store = open_store(f"sqlite:///{tmp_path / 'lookalike.db'}")
+    else:
+        store = open_store(request.getfixturevalue("cassandra_urls")())
+    store.apply_schema()
+    yield store
+    store.close()
 
 
 @pytest.fixture

@@ -45,7 +45,7 @@ def test_pipeline_end_to_end(
     catalogue_dir: tuple[Path, Path],
     broker: str,
     spark,
-    sqlite_store,
+    any_store,
     unique: str,  # type: ignore[no-untyped-def]
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -65,13 +65,13 @@ def test_pipeline_end_to_end(
         with KafkaProducer(kafka.client_config(), kafka.max_message_bytes) as producer:
             n = send_images(producer, kafka.images_topic, image_messages(catalogue))
             send_stock(producer, kafka.stock_topic, catalogue_stock(catalogue))
-        stack.run_extract(sqlite_store, model, kafka, ModelSettings(), drain=True)
-        stack.run_stock_sync(sqlite_store, kafka, drain=True)
+        stack.run_extract(any_store, model, kafka, ModelSettings(), drain=True)
+        stack.run_stock_sync(any_store, kafka, drain=True)
         return n
 
     sent = ingest_and_extract()
     assert sent == catalogue.image_count
-    counts = {t: sqlite_store.count(t) for t in ("features", "images", "listings", "stock_level")}
+    counts = {t: any_store.count(t) for t in ("features", "images", "listings", "stock_level")}
     assert counts == {
         "features": sent,
         "images": sent,
@@ -80,13 +80,13 @@ def test_pipeline_end_to_end(
     }
 
     ingest_and_extract()  # the same images again: stable ids, idempotent writes
-    assert {t: sqlite_store.count(t) for t in counts} == counts
+    assert {t: any_store.count(t) for t in counts} == counts
 
     query = model.embed_images([Image.open(query_path).convert("RGB")])
     opts = ScoreOptions(k=len(LISTINGS))
-    features = load_features(spark, sqlite_store.url, model.info, shards=3)
-    from_spark = score_queries(spark, features, sqlite_store.url, model.info, query, opts)[0]
-    service = SearchService(sqlite_store, load_index(sqlite_store, model.info), lambda: model)
+    features = load_features(spark, any_store.url, model.info, shards=3)
+    from_spark = score_queries(spark, features, any_store.url, model.info, query, opts)[0]
+    service = SearchService(any_store, load_index(any_store, model.info), lambda: model)
     from_engine = service.search_vector(query[0], opts)
 
     assert from_spark.results[0].listing_name == DEMO_QUERY_LISTING
@@ -96,13 +96,13 @@ def test_pipeline_end_to_end(
     )
     assert from_spark.results[0].inventory == catalogue.stock[DEMO_QUERY_LISTING]
 
-    stored = sqlite_store.read_query_results(from_spark.query_id)
+    stored = any_store.read_query_results(from_spark.query_id)
     assert [r.listing_id for r in stored] == [r.listing_id for r in from_spark.results]
     assert [r.score for r in stored] == sorted((r.score for r in stored), reverse=True)
-    assert sqlite_store.read_query_results(from_engine.query_id)[0].listing_name == DEMO_QUERY_LISTING
+    assert any_store.read_query_results(from_engine.query_id)[0].listing_name == DEMO_QUERY_LISTING
 
     # The command line against the same store: search by listing id, JSON out.
-    monkeypatch.setenv("LOOKALIKE_STORE", sqlite_store.url)
+    monkeypatch.setenv("LOOKALIKE_STORE", any_store.url)
     coffee = ids.listing_id(DEMO_QUERY_LISTING)
     result = CliRunner().invoke(app, ["search", "--listing-id", str(coffee), "--k", "3", "--json"])
     assert result.exit_code == 0, result.output

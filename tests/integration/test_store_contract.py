@@ -29,15 +29,12 @@ from schemas.records import Extracted, FeatureBatch, ImageRecord, ModelInfo, Sto
 from store import ResultRow, Store, StoreError, StoreUnavailable, open_store
 from store.cassandra import CassandraStore
 from store.cassandra_scan import MAX_TOKEN, MIN_TOKEN, in_range, shard_ranges
-from store.cassandra_session import CqlSession
 from store.cassandra_settings import CassandraSettings, parse_url
 from store.migrations import load_migrations, split_statements
-from store.sqlite import SQLiteStore
+from tests.conftest import CASSANDRA_ENV, SKIP_CASSANDRA
 
 pytestmark = pytest.mark.integration
 
-CASSANDRA_ENV = "LOOKALIKE_TEST_CASSANDRA"
-SKIP_CASSANDRA = "LOOKALIKE_TEST_CASSANDRA not set: Cassandra contract tests skipped"
 COUNTED = ("features", "images", "images_by_id", "listings", "stock_level", "models")
 
 
@@ -47,27 +44,6 @@ class Backend:
     name: str
     open: Callable[[], Store]  # the shared database, schema applied
     open_fresh: Callable[[], Store]  # a new, empty database without schema
-
-
-@pytest.fixture(scope="session")
-def cassandra_urls() -> Iterator[Callable[[], str]]:
-    """Hands out URLs of new keyspaces on the test cluster; drops them all at the end."""
-    where = os.environ.get(CASSANDRA_ENV, "")
-    if not where:
-        pytest.skip(SKIP_CASSANDRA)
-    made: list[str] = []
-
-    def new_url() -> str:
-        made.append(f"lookalike_test_{uuid.uuid4().hex[:16]}")
-        return f"cassandra://{where}/{made[-1]}"
-
-    yield new_url
-    admin = CqlSession(parse_url(f"cassandra://{where}/lookalike_test_admin"), CassandraSettings())
-    try:
-        for keyspace in made:
-            admin.execute_ddl(f"DROP KEYSPACE IF EXISTS {keyspace}")
-    finally:
-        admin.shutdown()
 
 
 @pytest.fixture(scope="session")
@@ -181,7 +157,6 @@ def test_apply_schema_twice_applies_nothing_the_second_time(backend: Backend) ->
     try:
         first = store.apply_schema()
         second = store.apply_schema()
-        assert isinstance(store, SQLiteStore | CassandraStore)
         versions = store.applied_versions()
         tables = counts(store)
     finally:
