@@ -119,8 +119,8 @@ def spark_search(
     from search.spark.session import spark_scope
 
     settings = SparkSettings()
-    with spark_scope(settings) as spark:
-        features = load_features(spark, store.url, model, settings.shards)
+    with spark_scope(settings, store_url=store.url) as spark:
+        features = load_features(spark, store.url, model, settings.shards, settings)
         return score_queries(spark, features, store.url, model, queries, opts)[0]
 
 

@@ -99,6 +99,9 @@ class SparkSettings(BaseSettings):
     shards: int = Field(default=0, ge=0)  # read partitions of `features`; 0: 2x default parallelism
     driver_memory: str = "2g"
     conf: dict[str, str] = Field(default_factory=dict)  # extra spark.* options, as JSON
+    # spark-cassandra-connector's package coordinate, e.g.
+    # com.datastax.spark:spark-cassandra-connector_2.13:3.5.1; empty: read through the driver
+    cassandra_connector: str = ""
 
 
 class ApiSettings(BaseSettings):

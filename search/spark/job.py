@@ -22,10 +22,12 @@ import pyarrow as pa
 from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
+from lookalike.settings import SparkSettings
 from schemas.codec import l2_normalise, numpy_dtype
 from schemas.records import FeatureBatch, ImageMatch, ListingResult, ModelInfo, QueryAnswer, as_uuid
 from search import scoring
 from search.scoring import ScoreOptions
+from search.spark.cassandra import read_features, uses_connector
 from store import ResultRow, open_store
 
 FEATURES_SCHEMA = "listing_id binary, image_id binary, vector binary"
@@ -33,8 +35,18 @@ CANDIDATES_SCHEMA = "query_idx int, listing_id binary, score float, matches stri
 RESULTS_SCHEMA = f"{CANDIDATES_SCHEMA}, inventory int, rank int, listing_name string"
 
 
-def load_features(spark: SparkSession, store_url: str, model: ModelInfo, shards: int = 0) -> DataFrame:
-    """Every vector of ``model`` as a cached DataFrame (vectors kept in their stored dtype)."""
+def load_features(
+    spark: SparkSession,
+    store_url: str,
+    model: ModelInfo,
+    shards: int = 0,
+    settings: SparkSettings | None = None,
+) -> DataFrame:
+    """Every vector of ``model`` as a cached DataFrame (vectors kept in their stored dtype):
+    through spark-cassandra-connector when configured, else the store's own shard scans
+    run inside Spark tasks."""
+    if settings is not None and uses_connector(settings, store_url):
+        return read_features(spark, store_url, model).cache()
     n = shards or 2 * spark.sparkContext.defaultParallelism
 
     def read(batches: Iterable[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
@@ -101,7 +113,8 @@ class _Scorer:
         if table.num_rows == 0:
             return
         fb = _feature_batch(table, self.model)
-        listing_rows, image_ids, vectors = fb.listing_ids, fb.image_ids, fb.vectors
+        order = np.lexsort((fb.image_ids, fb.listing_ids))  # a listing's rows contiguous, as in the engine
+        listing_rows, image_ids, vectors = fb.listing_ids[order], fb.image_ids[order], fb.vectors[order]
         starts = scoring.group_starts(listing_rows)
         listing_ids, ends = listing_rows[starts], np.append(starts[1:], len(listing_rows))
         allowed = np.ones(len(starts), dtype=bool)

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from pyspark.sql import SparkSession
 
 from lookalike.settings import SparkSettings
+from search.spark.cassandra import connector_conf, uses_connector
 
 log = logging.getLogger(__name__)
 
@@ -33,11 +34,13 @@ def ensure_java() -> None:
 
 
 @contextlib.contextmanager
-def spark_scope(settings: SparkSettings, app_name: str = "lookalike") -> Iterator[SparkSession]:
+def spark_scope(
+    settings: SparkSettings, app_name: str = "lookalike", store_url: str = ""
+) -> Iterator[SparkSession]:
     """A session for the duration of the block. PySpark replaces the SIGINT handler and
     leaves its own behind after ``stop()``; put back the one we had, so Ctrl-C still works."""
     handler = signal.getsignal(signal.SIGINT)
-    spark = spark_session(settings, app_name)
+    spark = spark_session(settings, app_name, store_url)
     try:
         yield spark
     finally:
@@ -46,7 +49,7 @@ def spark_scope(settings: SparkSettings, app_name: str = "lookalike") -> Iterato
             signal.signal(signal.SIGINT, handler)
 
 
-def spark_session(settings: SparkSettings, app_name: str = "lookalike") -> SparkSession:
+def spark_session(settings: SparkSettings, app_name: str = "lookalike", store_url: str = "") -> SparkSession:
     ensure_java()
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
@@ -64,7 +67,10 @@ def spark_session(settings: SparkSettings, app_name: str = "lookalike") -> Spark
         builder = builder.config("spark.driver.bindAddress", "127.0.0.1").config(
             "spark.driver.host", "127.0.0.1"
         )
-    for key, value in settings.conf.items():
+    extra = settings.conf
+    if uses_connector(settings, store_url):
+        extra = connector_conf(settings, store_url)
+    for key, value in extra.items():
         builder = builder.config(key, value)
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel("ERROR")
