@@ -14,7 +14,7 @@ from fastapi.staticfiles import StaticFiles
 
 from api.routers import health, images, search
 from lookalike import stack
-from lookalike.settings import ModelSettings
+from lookalike.settings import ApiSettings, ModelSettings
 from search.engine import UnknownId, load_index
 from search.service import SearchService
 from store import StoreUnavailable
@@ -32,10 +32,11 @@ def build_service() -> SearchService:
     return SearchService(store, load_index(store, info, progress=True), lambda: stack.configured_model())
 
 
-def create_app(service: SearchService | None = None) -> FastAPI:
+def create_app(service: SearchService | None = None, settings: ApiSettings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.service = service or build_service()
+        app.state.settings = settings or ApiSettings()
         yield
 
     app = FastAPI(

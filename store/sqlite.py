@@ -41,6 +41,7 @@ CREATE TABLE IF NOT EXISTS query_results (
     query_id BLOB, score REAL, listing_id BLOB, listing_name TEXT, inventory INTEGER,
     matches TEXT, created_at TEXT, expires_at REAL,
     PRIMARY KEY (query_id, score DESC, listing_id)) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS query_results_expiry ON query_results (expires_at);
 CREATE TABLE IF NOT EXISTS models (
     name TEXT PRIMARY KEY, version TEXT, dim INTEGER, dtype TEXT, weights TEXT, created_at TEXT);
 """

@@ -18,7 +18,6 @@ from search.scoring import MAX_K, Aggregation, ScoreOptions
 from search.service import Query, answer_from_rows
 
 router = APIRouter(tags=["search"])
-MAX_UPLOAD_BYTES = 20_000_000
 
 
 class SearchOptions(BaseModel):
@@ -81,7 +80,7 @@ async def _parse(request: Request) -> tuple[Query, SearchOptions]:
     ctype = request.headers.get("content-type", "")
     try:
         if ctype.startswith("multipart/form-data"):
-            form = await request.form(max_part_size=MAX_UPLOAD_BYTES)
+            form = await request.form(max_part_size=request.app.state.settings.max_upload_bytes)
             upload = form.get("image")
             if not isinstance(upload, UploadFile):
                 raise HTTPException(422, "multipart search needs a file field named 'image'")
