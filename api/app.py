@@ -29,7 +29,8 @@ def build_service() -> SearchService:
     info = store.get_model(name)
     if info is None:
         raise RuntimeError(f"the store holds no vectors of model {name}: run `lookalike extract` first")
-    return SearchService(store, load_index(store, info, progress=True), lambda: stack.configured_model())
+    model = stack.configured_model()  # loaded once, before the first request
+    return SearchService(store, load_index(store, info, progress=True), lambda: model)
 
 
 def create_app(service: SearchService | None = None, settings: ApiSettings | None = None) -> FastAPI:
