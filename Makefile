@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 SERVE  ?= 1
 UV_VERSION := 0.13.8
 
-.PHONY: demo test lint typecheck check bench-store clean
+.PHONY: demo test browser lint typecheck check bench-store clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -19,7 +19,13 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/lookalike demo $(if $(filter 0 no false,$(SERVE)),--no-serve,)
 
-test: $(STAMP)
+# Debian's Chromium for the web page test (Playwright drives it; it downloads no browser).
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq chromium >/dev/null; \
+	  else echo "chromium is missing: 'sudo apt-get install chromium' (the page test is skipped without it)"; fi; }
+
+test: $(STAMP) browser
 	$(BIN)/pytest
 
 lint: $(STAMP)

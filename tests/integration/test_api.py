@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
@@ -14,29 +15,34 @@ from api.app import create_app
 from schemas.records import Extracted, ImageRecord, StockLevel
 from search.engine import load_index
 from search.service import SearchService
+from store import Store
 from tests.conftest import jpeg_bytes, tiny_model
 
 pytestmark = pytest.mark.integration
 LISTINGS = {f"listing-{i}": uuid.uuid4() for i in range(5)}
 
 
-@pytest.fixture
-def client(sqlite_store, tmp_path) -> Iterator[TestClient]:  # type: ignore[no-untyped-def]
+def seeded_service(store: Store, folder: Path) -> SearchService:
+    """Five listings of two photos each, embedded with the tiny model; stock 0..4."""
     model = tiny_model()
     rows = []
     for n, (name, lid) in enumerate(LISTINGS.items()):
         for j in range(2):
             data = jpeg_bytes(10 * n + j)
-            path = tmp_path / f"{n}-{j}.jpg"
+            path = folder / f"{n}-{j}.jpg"
             path.write_bytes(data)
             image = Image.open(io.BytesIO(data)).convert("RGB")
             record = ImageRecord(lid, uuid.uuid4(), path.as_uri(), "image/jpeg", *image.size, len(data))
             rows.append(Extracted(record, name, model.info.name, model.embed_images([image])[0]))
-    sqlite_store.put_model(model.info)
-    sqlite_store.write_extracted(rows, "float16")
-    sqlite_store.put_stock([StockLevel(lid, i, uuid.uuid4()) for i, lid in enumerate(LISTINGS.values())])
-    service = SearchService(sqlite_store, load_index(sqlite_store, model.info), lambda: model)
-    with TestClient(create_app(service=service)) as c:
+    store.put_model(model.info)
+    store.write_extracted(rows, "float16")
+    store.put_stock([StockLevel(lid, i, uuid.uuid4()) for i, lid in enumerate(LISTINGS.values())])
+    return SearchService(store, load_index(store, model.info), lambda: model)
+
+
+@pytest.fixture
+def client(sqlite_store, tmp_path) -> Iterator[TestClient]:  # type: ignore[no-untyped-def]
+    with TestClient(create_app(seeded_service(sqlite_store, tmp_path))) as c:
         yield c
 
 

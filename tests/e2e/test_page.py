@@ -1,0 +1,84 @@
+"""The web page in real headless Chromium (Debian's chromium, driven by Playwright):
+upload a photo, see the right listing first, click a result to search from it."""
+
+from __future__ import annotations
+
+import shutil
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import uvicorn
+
+from api.app import create_app
+from ingest.broker import free_port
+from lookalike.settings import ApiSettings
+from tests.conftest import jpeg_bytes
+from tests.integration.test_api import seeded_service
+
+pytestmark = pytest.mark.e2e
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+@pytest.fixture
+def server(sqlite_store, tmp_path: Path) -> Iterator[str]:  # type: ignore[no-untyped-def]
+    settings = ApiSettings(port=free_port())
+    app = create_app(seeded_service(sqlite_store, tmp_path), settings)
+    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=settings.port, log_level="warning"))
+    thread = threading.Thread(target=srv.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not srv.started:
+        assert time.monotonic() < deadline, "the API did not start"
+        time.sleep(0.1)
+    yield f"http://127.0.0.1:{settings.port}"
+    srv.should_exit = True
+    thread.join(timeout=10)
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium not installed (make test installs it as root)")
+def test_upload_then_click_through(server: str, tmp_path: Path) -> None:
+    from playwright.sync_api import sync_playwright
+
+    photo = tmp_path / "query.jpg"
+    photo.write_bytes(jpeg_bytes(20))
+    ARTIFACTS.mkdir(exist_ok=True)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1200, "height": 800})
+            page.goto(server)
+            page.set_input_files("#file", str(photo))
+            page.wait_for_selector(".card", timeout=60_000)
+            titles = page.locator(".card h2").all_inner_texts()
+            assert titles[0] == "1. listing-2"
+            assert page.locator(".card .badge").first.inner_text() == "2 in stock"
+            page.screenshot(path=str(ARTIFACTS / "page-upload.png"))
+
+            second = page.locator(".card").nth(1)
+            clicked = second.get_attribute("data-listing-id")
+            second.locator("img.main").click()  # search from that listing's best image
+            page.wait_for_function(
+                "id => document.querySelector('.card')?.dataset.listingId !== undefined"
+                " && !document.querySelector('#status').textContent.startsWith('Searching')",
+                arg=clicked,
+                timeout=60_000,
+            )
+            listed = [c.get_attribute("data-listing-id") for c in page.locator(".card").all()]
+            assert clicked not in listed  # a search from an image leaves out its own listing
+            assert len(listed) == 4
+            page.screenshot(path=str(ARTIFACTS / "page-click-through.png"))
+        finally:
+            browser.close()
