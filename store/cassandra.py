@@ -54,6 +54,10 @@ SELECT_IMAGE = (
     "SELECT listing_id, image_id, uri, content_type, width, height, size_bytes, ingested_at "
     "FROM images WHERE listing_id = ? AND image_id = ?"
 )
+SELECT_LISTING_IMAGES = (
+    "SELECT listing_id, image_id, uri, content_type, width, height, size_bytes, ingested_at "
+    "FROM images WHERE listing_id = ?"
+)
 SELECT_FEATURE_KEY = "SELECT image_id FROM features WHERE listing_id = ? AND model = ? AND image_id = ?"
 SELECT_LISTING_FEATURES = (
     "SELECT listing_id, image_id, feature_vector FROM features WHERE listing_id = ? AND model = ?"
@@ -204,8 +208,10 @@ class CassandraStore:
         row = self._cql.execute(SELECT_IMAGE, (listing_id, image_id)).one()
         if row is None:
             return None
-        lid, iid, uri, content_type, width, height, size, at = row
-        return ImageRecord(lid, iid, uri, content_type, width, height, size, utc(at))
+        return _image(row)
+
+    def listing_images(self, listing_id: uuid.UUID) -> list[ImageRecord]:
+        return [_image(row) for row in self._cql.execute(SELECT_LISTING_IMAGES, (listing_id,))]
 
     def listing_names(self, listing_ids: Sequence[uuid.UUID]) -> Mapping[uuid.UUID, str]:
         ids = list(dict.fromkeys(listing_ids))
@@ -297,3 +303,8 @@ def _feature_batch(rows: Sequence[Row], model: ModelInfo) -> FeatureBatch:
 
 def _stock(row: Row) -> StockLevel:
     return StockLevel(row[0], int(row[1]), row[2])
+
+
+def _image(row: Row) -> ImageRecord:
+    lid, iid, uri, content_type, width, height, size, at = row
+    return ImageRecord(lid, iid, uri, content_type, width, height, size, utc(at))

@@ -55,6 +55,7 @@ TABLES = (
     "models",
 )
 _KEY_SPACE = 1 << 32
+_IMAGE_COLUMNS = "i.listing_id, i.image_id, uri, content_type, width, height, size_bytes, ingested_at"
 
 
 def _now() -> str:
@@ -210,24 +211,19 @@ class SQLiteStore:
     def image_record(self, image_id: uuid.UUID) -> ImageRecord | None:
         with self._lock:
             row = self._db.execute(
-                "SELECT i.listing_id, i.image_id, uri, content_type, width, height, size_bytes,"
-                " ingested_at FROM images_by_id b JOIN images i"
+                f"SELECT {_IMAGE_COLUMNS} FROM images_by_id b JOIN images i"
                 " ON i.listing_id = b.listing_id AND i.image_id = b.image_id WHERE b.image_id = ?",
                 (image_id.bytes,),
             ).fetchone()
-        if row is None:
-            return None
-        lid, iid, uri, ctype, width, height, size, at = row
-        return ImageRecord(
-            uuid.UUID(bytes=lid),
-            uuid.UUID(bytes=iid),
-            uri,
-            ctype,
-            width,
-            height,
-            size,
-            datetime.fromisoformat(at),
-        )
+        return _image(row) if row else None
+
+    def listing_images(self, listing_id: uuid.UUID) -> list[ImageRecord]:
+        with self._lock:
+            rows = self._db.execute(
+                f"SELECT {_IMAGE_COLUMNS} FROM images i WHERE listing_id = ? ORDER BY image_id",
+                (listing_id.bytes,),
+            ).fetchall()
+        return [_image(r) for r in rows]
 
     def listing_names(self, listing_ids: Sequence[uuid.UUID]) -> Mapping[uuid.UUID, str]:
         return {
@@ -335,3 +331,17 @@ def _feature_batch(rows: Sequence[tuple[bytes, bytes, bytes]], model: ModelInfo)
 def _stock(row: tuple[Any, ...]) -> StockLevel:
     lid, inventory, etag = row
     return StockLevel(uuid.UUID(bytes=lid), int(inventory), uuid.UUID(bytes=etag))
+
+
+def _image(row: tuple[Any, ...]) -> ImageRecord:
+    lid, iid, uri, content_type, width, height, size, at = row
+    return ImageRecord(
+        uuid.UUID(bytes=lid),
+        uuid.UUID(bytes=iid),
+        uri,
+        content_type,
+        width,
+        height,
+        size,
+        datetime.fromisoformat(at),
+    )

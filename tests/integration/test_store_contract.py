@@ -238,6 +238,17 @@ def test_image_listing_and_image_record(store: Store) -> None:
     assert store.image_record(uuid.uuid4()) is None
 
 
+def test_listing_images_are_one_partition(store: Store) -> None:
+    model = new_model()
+    batch = extracted(model, [3, 1])
+    store.write_extracted(batch, model.dtype)
+    listing = batch[0].image.listing_id
+    images = sorted(store.listing_images(listing), key=lambda i: i.image_id.bytes)
+    own = sorted((e.image for e in batch if e.image.listing_id == listing), key=lambda i: i.image_id.bytes)
+    assert [(i.image_id, i.uri) for i in images] == [(i.image_id, i.uri) for i in own]
+    assert store.listing_images(uuid.uuid4()) == []
+
+
 def test_listing_names_of_known_listings_latest_name_wins(store: Store) -> None:
     model = new_model()
     batch = extracted(model, [1, 2], name="old")
