@@ -9,12 +9,16 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 from fastapi import FastAPI, Request
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 
-from api.routers import health, images, search
+from api.deps import ModelQueue
+from api.metrics import ApiMetrics
+from api.producer import ApiProducer
+from api.routers import health, images, ingest, listings, search
 from lookalike import stack
-from lookalike.settings import ApiSettings, ModelSettings
+from lookalike.settings import ApiSettings, KafkaSettings, ModelSettings
 from search.engine import UnknownId, load_index
 from search.service import SearchService
 from store import StoreUnavailable
@@ -25,20 +29,35 @@ STATIC = Path(__file__).parent / "static"
 
 def build_service() -> SearchService:
     store = stack.configured_store()
-    name = ModelSettings().name
-    info = store.get_model(name)
+    settings = ModelSettings()
+    info = store.get_model(settings.name)
     if info is None:
-        raise RuntimeError(f"the store holds no vectors of model {name}: run `lookalike extract` first")
+        raise RuntimeError(
+            f"the store holds no vectors of model {settings.name}: run `lookalike extract` first"
+        )
     model = stack.configured_model()  # loaded once, before the first request
-    return SearchService(store, load_index(store, info, progress=True), lambda: model)
+    return SearchService(store, load_index(store, info, progress=True), lambda: model, settings.max_pixels)
 
 
-def create_app(service: SearchService | None = None, settings: ApiSettings | None = None) -> FastAPI:
+def build_producer() -> ApiProducer | None:
+    kafka = KafkaSettings()
+    return ApiProducer(kafka) if kafka.bootstrap else None
+
+
+def create_app(
+    service: SearchService | None = None,
+    settings: ApiSettings | None = None,
+    producer: ApiProducer | None = None,
+) -> FastAPI:
+    settings = settings or ApiSettings()
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.service = service or build_service()
-        app.state.settings = settings or ApiSettings()
+        app.state.producer = producer if producer is not None else build_producer()
         yield
+        if app.state.producer is not None:
+            app.state.producer.close()
 
     app = FastAPI(
         title="Lookalike",
@@ -46,9 +65,20 @@ def create_app(service: SearchService | None = None, settings: ApiSettings | Non
         lifespan=lifespan,
         description="Find listings that look like a photo.",
     )
+    app.state.settings = settings
+    app.state.model_queue = ModelQueue(settings.model_concurrency, settings.model_queue)
+    app.state.metrics = ApiMetrics()
+    app.middleware("http")(app.state.metrics.middleware)
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST"],
+            allow_headers=["X-API-Key", "Content-Type"],
+        )
     app.include_router(health.router)
-    app.include_router(search.router, prefix="/v1")
-    app.include_router(images.router, prefix="/v1")
+    for router in (search.router, listings.router, images.router, ingest.router):
+        app.include_router(router, prefix="/v1")
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
     @app.get("/", include_in_schema=False)
@@ -61,6 +91,8 @@ def create_app(service: SearchService | None = None, settings: ApiSettings | Non
 
     @app.exception_handler(StoreUnavailable)
     async def store_down(_: Request, exc: StoreUnavailable) -> JSONResponse:
-        return JSONResponse({"detail": f"store unavailable: {exc}"}, status_code=503)
+        return JSONResponse(
+            {"detail": f"store unavailable: {exc}"}, status_code=503, headers={"Retry-After": "5"}
+        )
 
     return app

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from store.cassandra_settings import CassandraSettings
 
@@ -90,6 +90,24 @@ class ModelSettings(BaseSettings):
     max_pixels: int = Field(default=40_000_000, ge=1)  # stops decompression bombs
 
 
+class ExtractSettings(BaseSettings):
+    """The extract worker's pipeline: decode threads, prefetch, metrics, status line."""
+
+    model_config = _config("EXTRACT_")
+
+    decode_workers: int = Field(default=0, ge=0)  # decode threads; 0: one per CPU core, at most 8
+    prefetch_batches: int = Field(default=2, ge=1)  # decoded batches waiting for the model
+    gpu_decode: bool = True  # JPEGs decoded in batches by nvJPEG when the model is on CUDA
+    amp: bool = True  # float16 autocast on CUDA
+    channels_last: bool = True  # NHWC layout on CUDA
+    fetch_timeout_s: float = Field(default=10.0, gt=0)  # http(s) references
+    max_reference_bytes: int = Field(default=100_000_000, ge=1024)  # file/http references
+    session_timeout_ms: int = Field(default=10_000, ge=1000)  # a dead worker's partitions move after this
+    metrics_port: int = Field(default=9400, ge=0, le=65535)  # Prometheus; 0: off; worker i uses port + i
+    metrics_host: str = "127.0.0.1"  # 0.0.0.0 to let Prometheus scrape from elsewhere
+    status_interval_s: float = Field(default=10.0, gt=0)  # status line when not on a terminal
+
+
 class SparkSettings(BaseSettings):
     """Spark: ``local[*]`` by default, any master URL in production."""
 
@@ -104,6 +122,31 @@ class SparkSettings(BaseSettings):
     cassandra_connector: str = ""
 
 
+class SearchSettings(BaseSettings):
+    """The in-memory search engine: exact by default, approximate (FAISS) as an option."""
+
+    model_config = _config("SEARCH_")
+
+    dtype: Literal["float16", "float32"] = "float16"  # vectors held in memory
+    mode: Literal["exact", "approximate"] = "exact"
+    ann: Literal["ivf_flat", "ivf_pq", "hnsw"] = "ivf_flat"  # the approximate index
+    nlist: int = Field(default=0, ge=0)  # IVF lists; 0: about sqrt(rows)
+    nprobe: int = Field(default=16, ge=1)  # IVF lists scanned per query
+    pq_m: int = Field(default=64, ge=1)  # IVF-PQ sub-quantizers (must divide the dimension)
+    hnsw_m: int = Field(default=32, ge=2)
+    ef_construction: int = Field(default=80, ge=1)
+    ef_search: int = Field(default=128, ge=1)
+    candidates: int = Field(default=256, ge=1)  # images the ANN proposes per query, then rescored
+    train_rows_per_list: int = Field(default=64, ge=39)  # IVF training sample per list
+    fresh_max_rows: int = Field(default=50_000, ge=1)  # fresh tier merged into the main one past this
+    # keep a loaded index fresh: "stream" follows the images topic (needs LOOKALIKE_KAFKA_BOOTSTRAP),
+    # "scan" diffs a full scan of the store each time, "auto" is "stream" when Kafka is configured
+    follow: Literal["auto", "stream", "scan", "off"] = "auto"
+    follow_interval_s: float = Field(default=0.2, gt=0)
+    follow_lookback_s: float = Field(default=60.0, ge=0)  # stream: start this long before the load
+    threads: int = Field(default=0, ge=0)  # FAISS / BLAS threads; 0: library default
+
+
 class ApiSettings(BaseSettings):
     """The HTTP service."""
 
@@ -112,7 +155,17 @@ class ApiSettings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
     max_upload_bytes: int = Field(default=20_000_000, ge=1024)
-    default_k: int = Field(default=10, ge=1, le=1000)
+    # LOOKALIKE_API_KEYS=key1,key2: required (X-API-Key) by the ingest endpoints
+    keys: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
+    keys_for_reads: bool = False  # also require a key to search and read
+    cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)  # empty: CORS off
+    model_concurrency: int = Field(default=2, ge=1)  # uploads embedded at once
+    model_queue: int = Field(default=32, ge=0)  # uploads waiting for the model; more get 503
+
+    @field_validator("keys", "cors_origins", mode="before")
+    @classmethod
+    def _comma_list(cls, value: object) -> object:
+        return [v.strip() for v in value.split(",") if v.strip()] if isinstance(value, str) else value
 
 
 SETTINGS_CLASSES: tuple[type[BaseSettings], ...] = (
@@ -120,7 +173,9 @@ SETTINGS_CLASSES: tuple[type[BaseSettings], ...] = (
     CoreSettings,
     KafkaSettings,
     ModelSettings,
+    ExtractSettings,
     SparkSettings,
+    SearchSettings,
     ApiSettings,
 )
 

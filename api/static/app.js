@@ -46,7 +46,7 @@ function badge(inventory) {
 
 function thumb(match, cls) {
   const img = document.createElement("img");
-  img.src = `/v1/images/${match.image_id}/content`;
+  img.src = `/v1/images/${match.image_id}/thumbnail?size=${cls === "main" ? 320 : 96}`;
   img.alt = `image ${match.image_id.slice(0, 8)}, score ${match.score.toFixed(3)}`;
   img.title = `score ${match.score.toFixed(3)}: click to search from this image`;
   img.className = cls;

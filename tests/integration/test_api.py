@@ -10,8 +10,10 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
+from pydantic import SecretStr
 
 from api.app import create_app
+from lookalike.settings import ApiSettings
 from schemas.records import Extracted, ImageRecord, StockLevel
 from search.engine import load_index
 from search.service import SearchService
@@ -101,3 +103,70 @@ def test_unknown_query_and_health(client: TestClient) -> None:
     assert client.get("/healthz").json() == {"status": "ok"}
     page = client.get("/")
     assert page.status_code == 200 and "Lookalike" in page.text
+
+
+def test_vector_search_and_options(client: TestClient) -> None:
+    image_id = client.post("/v1/search", json={"listing_id": str(LISTINGS["listing-3"])}).json()
+    first = image_id["results"][0]["images"][0]["image_id"]
+    detail = client.get(f"/v1/listings/{image_id['results'][0]['listing_id']}").json()
+    assert first in [i["image_id"] for i in detail["images"]]
+    dim = client.app.state.service.index.model.dim  # type: ignore[attr-defined]
+    r = client.post(
+        "/v1/search", json={"vector": [1.0] * dim, "k": 2, "aggregation": "mean_top_n", "top_n": 1}
+    )
+    assert r.status_code == 200, r.text
+    assert len(r.json()["results"]) == 2
+    wrong = client.post("/v1/search", json={"vector": [1.0] * (dim + 1)})
+    assert wrong.status_code == 422 and f"must have {dim} values" in wrong.text
+    huge = client.post("/v1/search", json={"vector": [1e300] * dim})
+    assert huge.status_code == 422 and "finite" in huge.text
+    high = client.post("/v1/search", json={"vector": [1.0] * dim, "min_score": 2.0})
+    assert high.status_code == 200 and high.json()["results"] == []
+
+
+def test_listing_detail_and_thumbnail(client: TestClient) -> None:
+    lid = LISTINGS["listing-4"]
+    detail = client.get(f"/v1/listings/{lid}")
+    assert detail.status_code == 200
+    body = detail.json()
+    assert body["listing_name"] == "listing-4" and body["inventory"] == 4 and len(body["images"]) == 2
+    thumb = client.get(body["images"][0]["thumbnail"], params={"size": 32})
+    assert thumb.status_code == 200 and thumb.headers["content-type"] == "image/jpeg"
+    assert max(Image.open(io.BytesIO(thumb.content)).size) == 32
+    assert client.get(body["images"][0]["thumbnail"], params={"size": 5000}).status_code == 422
+    assert client.get(f"/v1/listings/{uuid.uuid4()}").status_code == 404
+
+
+def test_readiness_and_metrics(client: TestClient) -> None:
+    ready = client.get("/readyz")
+    assert ready.status_code == 200
+    assert ready.json()["checks"] == {"store": "ok", "index": "ok: 10 vectors", "broker": "not configured"}
+    client.post("/v1/search", json={"listing_id": str(LISTINGS["listing-0"])})
+    metrics = client.get("/metrics").text
+    assert 'lookalike_http_requests_total{handler="search",method="POST",status="200"} 1.0' in metrics
+
+
+def test_ingest_needs_keys_and_a_broker(sqlite_store, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    files = {"image": ("a.jpg", jpeg_bytes(1), "image/jpeg")}
+    with TestClient(create_app(seeded_service(sqlite_store, tmp_path))) as open_app:
+        assert open_app.post("/v1/images", files=files, data={"listing": "x"}).status_code == 403
+    keyed = ApiSettings(keys=[SecretStr("s3cret")])
+    with TestClient(create_app(seeded_service(sqlite_store, tmp_path), keyed)) as c:
+        assert c.post("/v1/images", files=files, data={"listing": "x"}).status_code == 401
+        bad = c.post("/v1/images", files=files, data={"listing": "x"}, headers={"X-API-Key": "nope"})
+        assert bad.status_code == 403
+        good = c.post("/v1/images", files=files, data={"listing": "x"}, headers={"X-API-Key": "s3cret"})
+        assert good.status_code == 503 and "LOOKALIKE_KAFKA_BOOTSTRAP" in good.text
+        assert c.post("/v1/search", json={"listing_id": str(LISTINGS["listing-0"])}).status_code == 200
+
+
+def test_reads_can_require_a_key_and_cors_is_off_by_default(sqlite_store, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    settings = ApiSettings(keys=[SecretStr("k")], keys_for_reads=True, cors_origins=["https://shop.example"])
+    with TestClient(create_app(seeded_service(sqlite_store, tmp_path), settings)) as c:
+        body = {"listing_id": str(LISTINGS["listing-0"])}
+        assert c.post("/v1/search", json=body).status_code == 401
+        r = c.post("/v1/search", json=body, headers={"X-API-Key": "k", "Origin": "https://shop.example"})
+        assert r.status_code == 200 and r.headers["access-control-allow-origin"] == "https://shop.example"
+    with TestClient(create_app(seeded_service(sqlite_store, tmp_path))) as c:
+        r = c.post("/v1/search", json=body, headers={"Origin": "https://shop.example"})
+        assert "access-control-allow-origin" not in r.headers

@@ -1,0 +1,75 @@
+"""Ingest over HTTP into the real broker: the upload lands on the images topic, keyed by
+listing, with ids and the content type read from the bytes."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import pytest
+from confluent_kafka import Consumer
+from fastapi.testclient import TestClient
+from PIL import Image
+from pydantic import SecretStr
+
+from api.app import create_app
+from api.producer import ApiProducer
+from lookalike.consumer import consumer_config
+from lookalike.settings import ApiSettings, KafkaSettings
+from schemas import ids
+from schemas.messages import ImageMessage
+from tests.integration.test_api import seeded_service
+
+pytestmark = pytest.mark.integration
+KEY = {"X-API-Key": "k"}
+
+
+def _read(broker: str, topic: str, n: int) -> list:  # type: ignore[type-arg]
+    consumer = Consumer(consumer_config({"bootstrap.servers": broker}, f"read-{topic}"))
+    consumer.subscribe([topic])
+    messages: list = []  # type: ignore[type-arg]
+    for _ in range(60):
+        messages += [m for m in consumer.consume(10, 1.0) if m.error() is None]
+        if len(messages) >= n:
+            break
+    consumer.close()
+    return messages
+
+
+def test_upload_and_stock_reach_the_broker(broker: str, sqlite_store, tmp_path: Path, unique: str) -> None:  # type: ignore[no-untyped-def]
+    from ingest.broker import ensure_topics
+
+    kafka = KafkaSettings(bootstrap=broker, images_topic=f"img-{unique}", stock_topic=f"stock-{unique}")
+    ensure_topics(kafka.client_config(), [kafka.images_topic, kafka.stock_topic], 2)
+    png = io.BytesIO()
+    Image.new("RGB", (20, 10), "red").save(png, format="PNG")
+    app = create_app(
+        seeded_service(sqlite_store, tmp_path), ApiSettings(keys=[SecretStr("k")]), ApiProducer(kafka)
+    )
+    with TestClient(app) as c:
+        assert c.get("/readyz").json()["checks"]["broker"] == "ok"
+        # named .jpg, but the bytes are a PNG: the type comes from the content
+        files = {"image": ("photo.jpg", png.getvalue(), "image/jpeg")}
+        first = c.post("/v1/images", files=files, data={"listing": "red car"}, headers=KEY)
+        assert first.status_code == 202, first.text
+        again = c.post("/v1/images", files=files, data={"listing": "red car"}, headers=KEY)
+        assert again.json()["image_id"] == first.json()["image_id"]  # same bytes, same id
+        bad = c.post(
+            "/v1/images",
+            files={"image": ("x.jpg", b"GIF89a broken", "image/gif")},
+            data={"listing": "red car"},
+            headers=KEY,
+        )
+        assert bad.status_code == 422 and "not a usable image" in bad.text
+        stock = c.post("/v1/stock", json={"listing": "red car", "inventory": 3}, headers=KEY)
+        assert stock.status_code == 202
+        assert c.post("/v1/stock", json={"inventory": 3}, headers=KEY).status_code == 422
+
+    images = _read(broker, kafka.images_topic, 2)
+    assert len(images) == 2
+    message = ImageMessage.from_kafka(images[0].headers(), images[0].value())
+    assert message.listing_id == ids.listing_id("red car") and message.content_type == "image/png"
+    assert images[0].key() == str(ids.listing_id("red car")).encode()
+    (level,) = _read(broker, kafka.stock_topic, 1)
+    assert json.loads(level.value())["inventory"] == 3
