@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 SERVE  ?= 1
 UV_VERSION := 0.13.8
 
-.PHONY: demo test browser lint typecheck check bench-store clean
+.PHONY: demo test browser lint typecheck check bench-store bench-api clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -38,6 +38,10 @@ check: lint typecheck test
 
 bench-store: $(STAMP)
 	$(BIN)/python -m bench.store
+
+bench-api: $(STAMP)
+	@test -f data/queries/coffee-held-out.jpg || $(BIN)/lookalike demo --no-serve
+	$(BIN)/python -m bench.api
 
 clean:
 	rm -rf $(VENV) data .pytest_cache .mypy_cache .ruff_cache
