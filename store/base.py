@@ -2,14 +2,39 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+import numpy as np
+
 from schemas.records import Extracted, FeatureBatch, ImageRecord, ModelInfo, StockLevel
 
 QUERY_TTL_SECONDS = 7 * 24 * 3600
+TABLES = ("features", "images", "images_by_id", "listings", "stock_level", "query_results", "models")
+Matches = tuple[tuple[uuid.UUID, float], ...]
+
+
+def f32(x: float) -> float:
+    """Scores are CQL ``float`` (32-bit): every backend rounds them the same way."""
+    return float(np.float32(x))
+
+
+def matches_json(matches: Matches) -> str:
+    """``query_results.matches``: ``[[image_id, score], ...]``, best first."""
+    return json.dumps([[str(i), f32(s)] for i, s in matches])
+
+
+def parse_matches(text: str) -> Matches:
+    return tuple((uuid.UUID(i), float(s)) for i, s in json.loads(text))
+
+
+def check_table(table: str) -> str:
+    if table not in TABLES:
+        raise ValueError(f"table must be one of {TABLES}, got {table!r}")
+    return table
 
 
 class StoreError(RuntimeError):
@@ -28,7 +53,7 @@ class ResultRow:
     listing_id: uuid.UUID
     listing_name: str
     inventory: int | None
-    matches: tuple[tuple[uuid.UUID, float], ...]
+    matches: Matches
 
 
 class Store(Protocol):

@@ -8,7 +8,6 @@ go out concurrently with a bounded number in flight; full scans read token range
 
 from __future__ import annotations
 
-import json
 import logging
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
@@ -18,7 +17,7 @@ import numpy as np
 from schemas import codec
 from schemas.records import Extracted, FeatureBatch, ImageRecord, ModelInfo, StockLevel, utcnow
 from store import cassandra_schema
-from store.base import QUERY_TTL_SECONDS, ResultRow, StoreError
+from store.base import QUERY_TTL_SECONDS, ResultRow, StoreError, check_table, f32, matches_json, parse_matches
 from store.cassandra_scan import TokenRange, ordered_parallel, shard_ranges
 from store.cassandra_schema import utc
 from store.cassandra_session import CqlSession, Row
@@ -26,15 +25,6 @@ from store.cassandra_settings import CassandraSettings, parse_url
 
 log = logging.getLogger(__name__)
 
-TABLES = (
-    "features",
-    "images",
-    "images_by_id",
-    "listings",
-    "stock_level",
-    "query_results",
-    "models",
-)
 MAX_TTL_SECONDS = 630_720_000  # Cassandra's limit: 20 years
 
 # -- data ---------------------------------------------------------------------------------
@@ -79,11 +69,6 @@ SELECT_RESULTS = (
 )
 SELECT_RESULTS_TOP = SELECT_RESULTS + " LIMIT ?"
 COUNT_ROWS = "SELECT count(*) FROM {table}"
-
-
-def _f32(x: float) -> float:
-    """Scores are CQL `float` (32-bit): round the same way in every backend."""
-    return float(np.float32(x))
 
 
 class CassandraStore:
@@ -245,11 +230,11 @@ class CassandraStore:
                     INSERT_RESULT,
                     (
                         query_id,
-                        _f32(r.score),
+                        f32(r.score),
                         r.listing_id,
                         r.listing_name,
                         r.inventory,
-                        json.dumps([[str(i), _f32(s)] for i, s in r.matches]),
+                        matches_json(r.matches),
                         now,
                         ttl,
                     ),
@@ -275,15 +260,14 @@ class CassandraStore:
                 lid,
                 name,
                 inventory,
-                tuple((uuid.UUID(i), float(s)) for i, s in json.loads(matches)),
+                parse_matches(matches),
             )
             for score, lid, name, inventory, matches in rows
         ]
 
     # -- misc -----------------------------------------------------------------------------
     def count(self, table: str) -> int:
-        if table not in TABLES:
-            raise ValueError(f"table must be one of {TABLES}, got {table!r}")
+        check_table(table)
         row = self._cql.execute(COUNT_ROWS.format(table=table), timeout=self.settings.ddl_timeout_s).one()
         return int(row[0])
 

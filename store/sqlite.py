@@ -6,7 +6,6 @@ listing ids, like a Cassandra token range.
 
 from __future__ import annotations
 
-import json
 import sqlite3
 import threading
 import time
@@ -20,7 +19,7 @@ import numpy as np
 
 from schemas import codec
 from schemas.records import Extracted, FeatureBatch, ImageRecord, ModelInfo, StockLevel
-from store.base import QUERY_TTL_SECONDS, ResultRow, StoreError
+from store.base import QUERY_TTL_SECONDS, ResultRow, StoreError, check_table, f32, matches_json, parse_matches
 
 SCHEMA_VERSION = "001"
 DDL = """
@@ -45,15 +44,6 @@ CREATE INDEX IF NOT EXISTS query_results_expiry ON query_results (expires_at);
 CREATE TABLE IF NOT EXISTS models (
     name TEXT PRIMARY KEY, version TEXT, dim INTEGER, dtype TEXT, weights TEXT, created_at TEXT);
 """
-TABLES = (
-    "features",
-    "images",
-    "images_by_id",
-    "listings",
-    "stock_level",
-    "query_results",
-    "models",
-)
 _KEY_SPACE = 1 << 32
 _IMAGE_COLUMNS = "i.listing_id, i.image_id, uri, content_type, width, height, size_bytes, ingested_at"
 
@@ -70,11 +60,6 @@ def _shard_bounds(shard: int, shards: int) -> tuple[bytes, bytes | None]:
     if shard == shards - 1:
         return lo, None
     return lo, ((shard + 1) * _KEY_SPACE // shards).to_bytes(4, "big") + bytes(12)
-
-
-def _f32(x: float) -> float:
-    """Scores are CQL `float` (32-bit): round the same way in every backend."""
-    return float(np.float32(x))
 
 
 class SQLiteStore:
@@ -256,11 +241,11 @@ class SQLiteStore:
         values = [
             (
                 query_id.bytes,
-                _f32(r.score),
+                f32(r.score),
                 r.listing_id.bytes,
                 r.listing_name,
                 r.inventory,
-                json.dumps([[str(i), _f32(s)] for i, s in r.matches]),
+                matches_json(r.matches),
                 now,
                 expires,
             )
@@ -288,15 +273,14 @@ class SQLiteStore:
                 uuid.UUID(bytes=lid),
                 name,
                 inventory,
-                tuple((uuid.UUID(i), float(s)) for i, s in json.loads(matches)),
+                parse_matches(matches),
             )
             for score, lid, name, inventory, matches in rows
         ]
 
     # -- misc -----------------------------------------------------------------------------
     def count(self, table: str) -> int:
-        if table not in TABLES:
-            raise ValueError(f"table must be one of {TABLES}, got {table!r}")
+        check_table(table)
         with self._lock:
             return int(self._db.execute(f"SELECT count(*) FROM {table}").fetchone()[0])
 
