@@ -17,7 +17,7 @@ from lookalike.settings import ApiSettings
 from schemas.records import Extracted, ImageRecord, StockLevel
 from search.engine import load_index
 from search.service import SearchService
-from store import Store
+from store import Store, StoreUnavailable
 from tests.conftest import jpeg_bytes, tiny_model
 
 pytestmark = pytest.mark.integration
@@ -170,3 +170,25 @@ def test_reads_can_require_a_key_and_cors_is_off_by_default(sqlite_store, tmp_pa
     with TestClient(create_app(seeded_service(sqlite_store, tmp_path))) as c:
         r = c.post("/v1/search", json=body, headers={"Origin": "https://shop.example"})
         assert "access-control-allow-origin" not in r.headers
+
+
+class _StoreDown:
+    """A MOCK of a store outage (an unreachable Cassandra cannot be caused on this machine):
+    every read raises StoreUnavailable."""
+
+    def __getattr__(self, name: str) -> object:
+        def down(*_: object, **__: object) -> None:
+            raise StoreUnavailable("no host reachable (mock outage)")
+
+        return down
+
+
+def test_store_outage_is_a_503_with_the_reason(sqlite_store, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    service = seeded_service(sqlite_store, tmp_path)
+    with TestClient(create_app(service)) as c:
+        service.store = _StoreDown()  # type: ignore[assignment]
+        r = c.get(f"/v1/search/{uuid.uuid4()}")
+        assert r.status_code == 503 and "no host reachable" in r.text
+        assert c.post("/v1/search", json={"listing_id": str(LISTINGS["listing-0"])}).status_code == 503
+        ready = c.get("/readyz")
+        assert ready.status_code == 503 and "unavailable" in ready.json()["checks"]["store"]
