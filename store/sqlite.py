@@ -9,6 +9,7 @@ from __future__ import annotations
 import sqlite3
 import threading
 import time
+import urllib.parse
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from datetime import UTC, datetime
@@ -66,14 +67,25 @@ class SQLiteStore:
     """The embedded store. Thread-safe: one connection guarded by a lock."""
 
     def __init__(self, url: str) -> None:
-        path = url.removeprefix("sqlite:///")
-        if not path or path == url:
+        """``sqlite:///path/lookalike.db[?timeout=SECONDS]``: how long a write waits for a lock
+        held elsewhere before it fails (and the caller retries); 60 s by default."""
+        parts = urllib.parse.urlsplit(url)
+        path = url.split("?", 1)[0].removeprefix("sqlite:///")
+        if parts.scheme != "sqlite" or not path or not url.startswith("sqlite:///"):
             raise StoreError(f"a SQLite store URL looks like sqlite:///path/lookalike.db, got {url!r}")
+        query = urllib.parse.parse_qs(parts.query)
+        unknown = set(query) - {"timeout"}
+        if unknown:
+            raise StoreError(f"unknown SQLite URL option(s) {sorted(unknown)}: only timeout is known")
+        try:
+            self.timeout_s = float(query.get("timeout", ["60"])[0])
+        except ValueError:
+            raise StoreError(f"timeout must be a number of seconds, got {query['timeout'][0]!r}") from None
         self.url = url
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(self.path, check_same_thread=False, timeout=60)
+        self._db = sqlite3.connect(self.path, check_same_thread=False, timeout=self.timeout_s)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
 
@@ -169,7 +181,7 @@ class SQLiteStore:
         if hi is not None:
             sql, args = sql + " AND listing_id < ?", (*args, hi)
         # A private connection: a long scan must not hold the shared lock between pages.
-        db = sqlite3.connect(self.path, timeout=60)
+        db = sqlite3.connect(self.path, timeout=self.timeout_s)
         try:
             cursor = db.execute(sql + " ORDER BY listing_id, image_id", args)
             while rows := cursor.fetchmany(batch_size):
