@@ -1,4 +1,5 @@
-"""``lookalike search``: one query against the stored catalogue, through the engine."""
+"""``lookalike search`` and ``lookalike features import``: queries and imports against the
+stored catalogue, through the engine."""
 
 from __future__ import annotations
 
@@ -9,27 +10,49 @@ from lookalike.settings import ModelSettings
 from schemas.ids import parse_uuid
 from schemas.records import QueryAnswer
 from search.engine import load_index
-from search.scoring import ScoreOptions
+from search.scoring import Aggregation, ScoreOptions
 from search.service import Query, SearchService
+from search.vector_io import ImportResult, import_features, read_queries
+from store import Store
+
+
+def _service(store: Store, model: str | None = None) -> SearchService:
+    name = model or ModelSettings().name
+    info = store.get_model(name)
+    if info is None:
+        raise RuntimeError(f"the store holds no vectors of model {name}: run `lookalike extract` first")
+    return SearchService(store, load_index(store, info, progress=True), lambda: stack.configured_model())
 
 
 def run_search(
     image: Path | None,
     image_id: str | None,
     listing_id: str | None,
-    k: int,
-    aggregation: str,
+    opts: ScoreOptions,
     in_stock_only: bool,
+    model: str | None = None,
 ) -> QueryAnswer:
     query = Query(
         image=image.read_bytes() if image else None,
         image_id=parse_uuid(image_id, "--image-id") if image_id else None,
         listing_id=parse_uuid(listing_id, "--listing-id") if listing_id else None,
     )
-    store = stack.configured_store()
-    name = ModelSettings().name
-    info = store.get_model(name)
-    if info is None:
-        raise RuntimeError(f"the store holds no vectors of model {name}: run `lookalike extract` first")
-    service = SearchService(store, load_index(store, info), lambda: stack.configured_model())
-    return service.search(query, ScoreOptions(k=k, aggregation=aggregation), in_stock_only)  # type: ignore[arg-type]
+    return _service(stack.configured_store(), model).search(query, opts, in_stock_only)
+
+
+def run_vector_search(
+    path: Path, opts: ScoreOptions, in_stock_only: bool, model: str | None = None
+) -> list[QueryAnswer]:
+    """One answer per row of a .npy array of query vectors, ranked as one batch."""
+    service = _service(stack.configured_store(), model)
+    return service.search_many(read_queries(path, service.index.model.dim), opts, in_stock_only)
+
+
+def run_import(vectors: Path, ids: Path, model: str | None) -> ImportResult:
+    settings = ModelSettings()
+    return import_features(stack.configured_store(), vectors, ids, model or settings.name, settings.dtype)
+
+
+def options(k: int, aggregation: str, min_score: float | None) -> ScoreOptions:
+    agg: Aggregation = aggregation  # type: ignore[assignment]  # ScoreOptions checks the value
+    return ScoreOptions(k=k, aggregation=agg, min_score=min_score)

@@ -1,24 +1,37 @@
-"""The in-memory engine: exact inner-product search over every stored vector of one model,
-aggregated per listing. Rows are kept sorted by (listing, image) so a listing is one slice."""
+"""The in-memory engine: every vector of one model, scored per query, aggregated per listing.
+
+Rows live in two segments: the *main* one (loaded at start, sorted by listing, with the
+optional approximate index) and a small *fresh* one for vectors that arrived later; rows
+removed or replaced are tombstoned in the main segment. Every change publishes a new
+immutable :class:`View` (live rows ordered by listing, then image) that searches read without
+locks; past ``fresh_max_rows`` the fresh segment is merged into the main one.
+"""
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 from rich.progress import Progress
 
+from lookalike.settings import SearchSettings
+from schemas.codec import l2_normalise, numpy_dtype
 from schemas.records import FeatureBatch, ModelInfo, as_uuid
-from search import scoring
+from search import ann, kernel, scoring
 from search.scoring import ScoreOptions
+from search.segment import Segment, View, make_view
 from store import Store
 
 log = logging.getLogger(__name__)
+F32 = npt.NDArray[np.float32]
+I64 = npt.NDArray[np.int64]
 
 
 @dataclass(frozen=True)
@@ -35,104 +48,272 @@ class UnknownId(KeyError):
         return str(self.args[0])
 
 
-class ExactIndex:
-    """All vectors of one model in memory; ``search`` scores every one of them."""
+def _ids(ids: Iterable[uuid.UUID]) -> npt.NDArray[np.bytes_]:
+    return np.array([u.bytes for u in ids], dtype="S16")
 
-    def __init__(self, model: ModelInfo) -> None:
+
+class VectorIndex:
+    """Exact search over every live vector; approximate search when built with an ANN."""
+
+    def __init__(self, model: ModelInfo, settings: SearchSettings | None = None) -> None:
         self.model = model
+        self.settings = settings or SearchSettings()
+        self.dtype = numpy_dtype(self.settings.dtype)
         self._lock = threading.Lock()
-        self._set(FeatureBatch.empty(model.dim))
+        empty = Segment.empty(self.dtype, model.dim)
+        self._view = make_view(empty, np.ones(0, bool), empty, None)
+        self.recall_at_10: float | None = None  # measured when an ANN is built
+        self.follower: Any = None  # a search.follow.Follower keeping this index fresh, if any
 
-    def _set(self, batch: FeatureBatch) -> None:
-        order = np.lexsort((batch.image_ids, batch.listing_ids))
-        self.listing_rows = batch.listing_ids[order]
-        self.image_ids = batch.image_ids[order]
-        self.vectors = np.ascontiguousarray(batch.vectors[order], dtype=np.float32)
-        self.starts = scoring.group_starts(self.listing_rows)
-        self.listing_ids = self.listing_rows[self.starts]
-
+    # -- shape ----------------------------------------------------------------------------
     def __len__(self) -> int:
-        return len(self.image_ids)
+        return len(self._view.order)
 
     @property
     def listing_count(self) -> int:
-        return len(self.starts)
+        return len(self._view.listing_ids)
 
+    @property
+    def fresh_rows(self) -> int:
+        return len(self._view.fresh)
+
+    @property
+    def approximate(self) -> bool:
+        return self._view.ann is not None
+
+    # -- changes --------------------------------------------------------------------------
     def add(self, batch: FeatureBatch) -> None:
         """Add or replace vectors (an image id already present is replaced)."""
-        if batch.vectors.shape[1:] != (self.model.dim,):
-            raise ValueError(f"vectors must have {self.model.dim} columns, got {batch.vectors.shape}")
+        if batch.vectors.ndim != 2 or batch.vectors.shape[1] != self.model.dim:
+            raise ValueError(
+                f"vectors must be (n, {self.model.dim}) for model {self.model.name}, "
+                f"got {batch.vectors.shape}"
+            )
+        if len(batch) == 0:
+            return
         with self._lock:
-            keep = ~np.isin(self.image_ids, batch.image_ids)
-            current = FeatureBatch(self.listing_rows[keep], self.image_ids[keep], self.vectors[keep])
-            self._set(FeatureBatch.concat([current, batch], self.model.dim))
+            v = self._view
+            alive = v.main_alive & ~np.isin(v.main.image_ids, batch.image_ids)
+            fresh_keep = ~np.isin(v.fresh.image_ids, batch.image_ids)
+            fresh = Segment.build([v.fresh.take(fresh_keep), batch], self.dtype, self.model.dim)
+            if len(fresh) > self.settings.fresh_max_rows:
+                self._compact(v.main, alive, fresh)
+            else:
+                self._view = make_view(v.main, alive, fresh, v.ann)
 
-    def remove_listing(self, listing_id: uuid.UUID) -> None:
+    def remove_images(self, image_ids: Iterable[uuid.UUID]) -> int:
+        """Remove images; returns how many were present."""
+        return self._remove(_ids(image_ids), "image_ids")
+
+    def remove_listing(self, listing_id: uuid.UUID) -> int:
+        """Remove every image of a listing; returns how many were present."""
+        return self._remove(_ids([listing_id]), "listing_ids")
+
+    def remove_listings(self, listing_ids: Iterable[uuid.UUID]) -> int:
+        return self._remove(_ids(listing_ids), "listing_ids")
+
+    def _remove(self, ids: npt.NDArray[np.bytes_], field: str) -> int:
         with self._lock:
-            keep = self.listing_rows != np.bytes_(listing_id.bytes)
-            self._set(FeatureBatch(self.listing_rows[keep], self.image_ids[keep], self.vectors[keep]))
+            v = self._view
+            dead_main = v.main_alive & np.isin(getattr(v.main, field), ids)
+            dead_fresh = np.isin(getattr(v.fresh, field), ids)
+            gone = int(dead_main.sum() + dead_fresh.sum())
+            if gone:
+                self._view = make_view(v.main, v.main_alive & ~dead_main, v.fresh.take(~dead_fresh), v.ann)
+            return gone
 
-    def listing_vectors(self, listing_id: uuid.UUID) -> npt.NDArray[np.float32]:
-        rows = np.flatnonzero(self.listing_rows == np.bytes_(listing_id.bytes))
-        if len(rows) == 0:
+    def reset(self, parts: list[FeatureBatch | Segment]) -> None:
+        """Replace everything with these rows, as one main segment (and its ANN)."""
+        with self._lock:
+            empty = Segment.empty(self.dtype, self.model.dim)
+            self._compact(empty, np.ones(0, bool), Segment.build(parts, self.dtype, self.model.dim))
+
+    def compact(self) -> None:
+        """Merge the fresh segment into the main one (rebuilding the ANN, if any)."""
+        with self._lock:
+            v = self._view
+            self._compact(v.main, v.main_alive, v.fresh)
+
+    def _compact(self, main: Segment, alive: npt.NDArray[np.bool_], fresh: Segment) -> None:
+        if len(main) == 0:
+            merged = fresh
+        elif len(fresh) == 0 and alive.all():
+            merged = main
+        else:
+            live = np.concatenate([alive, np.ones(len(fresh), dtype=bool)])
+            merged = Segment.build([main, fresh], self.dtype, self.model.dim, live)
+        index = None
+        if self.settings.mode == "approximate" and len(merged):
+            index = ann.build(merged.vectors, self.settings)
+        empty = Segment.empty(self.dtype, self.model.dim)
+        self._view = make_view(merged, np.ones(len(merged), bool), empty, index)
+        if index is not None:
+            self.recall_at_10 = self.measure_recall(self._sample_queries(32))
+            log.info("ann: recall@10 %.3f on %d sampled queries", self.recall_at_10, 32)
+        log.info("index: %d rows in the main segment (%s)", len(merged), self.settings.mode)
+
+    def _sample_queries(self, n: int) -> F32:
+        """Stored vectors with noise added: queries that look like the catalogue."""
+        v = self._view
+        rng = np.random.default_rng(0)
+        picked = kernel.widen(v.vectors(v.order[rng.choice(len(v.order), size=min(n, len(v.order)))]))
+        noisy = picked + rng.normal(scale=0.5 / np.sqrt(self.model.dim), size=picked.shape)
+        return l2_normalise(noisy)
+
+    def measure_recall(self, queries: F32, k: int = 10) -> float:
+        """Share of the exact top-k listings that approximate search finds (1.0 when exact)."""
+        opts = ScoreOptions(k=k)
+        exact = self.search_many(queries, opts, exact=True)
+        approx = self.search_many(queries, opts)
+        found = sum(
+            len({r.listing_id for r in e} & {r.listing_id for r in a})
+            for e, a in zip(exact, approx, strict=True)
+        )
+        return found / max(1, sum(len(e) for e in exact))
+
+    # -- lookups --------------------------------------------------------------------------
+    def image_id_array(self) -> npt.NDArray[np.bytes_]:
+        """Every live image id (S16), in (listing, image) order."""
+        return self._view.image_ids
+
+    def listing_vectors(self, listing_id: uuid.UUID) -> F32:
+        v = self._view
+        i = v.listing_index(listing_id.bytes)
+        if i is None:
             raise UnknownId(f"listing {listing_id} has no vectors of model {self.model.name}")
-        return self.vectors[rows]
+        return kernel.widen(v.vectors(v.order[v.starts[i] : v.ends[i]]))
 
-    def image_vector(self, image_id: uuid.UUID) -> tuple[uuid.UUID, npt.NDArray[np.float32]]:
-        rows = np.flatnonzero(self.image_ids == np.bytes_(image_id.bytes))
+    def image_vector(self, image_id: uuid.UUID) -> tuple[uuid.UUID, F32]:
+        v = self._view
+        rows = np.flatnonzero(v.image_ids == np.bytes_(image_id.bytes))
         if len(rows) == 0:
             raise UnknownId(f"image {image_id} has no vector of model {self.model.name}")
-        return as_uuid(self.listing_rows[rows[0]]), self.vectors[rows[0]]
+        return as_uuid(v.listing_rows[rows[0]]), kernel.widen(v.vectors(v.order[rows[:1]]))[0]
+
+    # -- search ---------------------------------------------------------------------------
+    def check_queries(self, queries: npt.NDArray[np.floating]) -> F32:
+        q = np.asarray(queries, dtype=np.float32)
+        if q.ndim == 1:
+            q = q.reshape(1, -1)
+        if q.ndim != 2 or q.shape[1] != self.model.dim:
+            got = q.shape[-1] if q.ndim else 0
+            raise ValueError(f"query vector must have {self.model.dim} values, got {got}")
+        return q
 
     def search(
         self,
-        query: npt.NDArray[np.float32],
+        query: npt.NDArray[np.floating],
         opts: ScoreOptions,
         exclude: Iterable[uuid.UUID] = (),
         only: set[uuid.UUID] | None = None,
+        exact: bool | None = None,
     ) -> list[RankedListing]:
         """Top-k listings for one L2-normalised query vector. ``only`` restricts the
         candidates (e.g. to in-stock listings); ``exclude`` removes some."""
-        q = np.asarray(query, dtype=np.float32).reshape(-1)
-        if q.shape != (self.model.dim,):
-            raise ValueError(f"query vector must have {self.model.dim} values, got {q.shape[0]}")
-        with self._lock:
-            vectors, starts, listing_ids, image_ids = (
-                self.vectors,
-                self.starts,
-                self.listing_ids,
-                self.image_ids,
-            )
-        scores = vectors @ q
-        per_listing = scoring.aggregate(scores, starts, opts)
-        allowed = np.ones(len(listing_ids), dtype=bool)
-        if only is not None:
-            allowed &= np.isin(listing_ids, np.array([u.bytes for u in only], dtype="S16"))
-        for listing in exclude:
-            allowed &= listing_ids != np.bytes_(listing.bytes)
-        ends = np.append(starts[1:], len(scores))
-        out = []
-        for i in scoring.rank(per_listing, listing_ids, allowed, opts):
-            found = scoring.matches(scores, int(starts[i]), int(ends[i]), opts.max_matches)
-            out.append(
-                RankedListing(
-                    as_uuid(listing_ids[i]),
-                    float(per_listing[i]),
-                    tuple((as_uuid(image_ids[r]), s) for r, s in found),
-                )
-            )
-        return out
+        q = self.check_queries(query)
+        if q.shape[0] != 1:
+            raise ValueError(f"search takes one query vector, got {q.shape[0]}: use search_many")
+        return self.search_many(q, opts, exclude, only, exact)[0]
+
+    def search_many(
+        self,
+        queries: npt.NDArray[np.floating],
+        opts: ScoreOptions,
+        exclude: Iterable[uuid.UUID] = (),
+        only: set[uuid.UUID] | None = None,
+        exact: bool | None = None,
+    ) -> list[list[RankedListing]]:
+        """Top-k listings for each row of ``queries``; exact unless the index is approximate
+        (``exact=True`` forces the exact scan). A batch is one matrix product."""
+        q = self.check_queries(queries)
+        v = self._view
+        excluded = list(exclude)
+        if v.ann is not None and exact is not True:
+            labels = ann.propose(v.ann, q, max(self.settings.candidates, 10 * opts.k))
+            return [self._approximate(v, q[j], labels[j], opts, excluded, only) for j in range(len(q))]
+        scores = v.score(q)
+        allowed = _allowed(v.listing_ids, excluded, only)
+        return [
+            _ranked(scores[:, j], v.starts, v.listing_ids, v.image_ids, allowed, opts) for j in range(len(q))
+        ]
+
+    def _approximate(
+        self,
+        v: View,
+        q: F32,
+        labels: I64,
+        opts: ScoreOptions,
+        exclude: list[uuid.UUID],
+        only: set[uuid.UUID] | None,
+    ) -> list[RankedListing]:
+        """Rescore exactly every listing the ANN proposed, plus every fresh listing."""
+        rows = labels[labels >= 0]
+        rows = rows[v.main_alive[rows]]
+        proposed = np.union1d(v.main.listing_ids[rows], v.fresh.listing_ids)
+        li = np.searchsorted(v.listing_ids, proposed)
+        lengths = v.ends[li] - v.starts[li]
+        sub_starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
+        positions = np.repeat(v.starts[li] - sub_starts, lengths) + np.arange(int(lengths.sum()))
+        scores = kernel.score(v.vectors(v.order[positions]), q.reshape(1, -1))[:, 0]
+        listing_ids = v.listing_ids[li]
+        allowed = _allowed(listing_ids, exclude, only)
+        return _ranked(scores, sub_starts, listing_ids, v.image_ids[positions], allowed, opts)
 
 
-def load_index(store: Store, model: ModelInfo, progress: bool = False) -> ExactIndex:
-    """Read every vector of ``model`` from the store into a new index."""
-    index = ExactIndex(model)
-    batches = []
+ExactIndex = VectorIndex  # the name it had when it was only exact
+
+
+def _allowed(
+    listing_ids: npt.NDArray[np.bytes_], exclude: list[uuid.UUID], only: set[uuid.UUID] | None
+) -> npt.NDArray[np.bool_]:
+    allowed = np.ones(len(listing_ids), dtype=bool)
+    if only is not None:
+        allowed &= np.isin(listing_ids, _ids(only))
+    if exclude:
+        allowed &= ~np.isin(listing_ids, _ids(exclude))
+    return allowed
+
+
+def _ranked(
+    scores: F32,
+    starts: I64,
+    listing_ids: npt.NDArray[np.bytes_],
+    image_ids: npt.NDArray[np.bytes_],
+    allowed: npt.NDArray[np.bool_],
+    opts: ScoreOptions,
+) -> list[RankedListing]:
+    column = np.ascontiguousarray(scores)
+    per_listing = scoring.aggregate(column, starts, opts)
+    ends = np.append(starts[1:], len(column))
+    out = []
+    for i in scoring.rank(per_listing, listing_ids, allowed, opts):
+        found = scoring.matches(column, int(starts[i]), int(ends[i]), opts.max_matches)
+        out.append(
+            RankedListing(
+                as_uuid(listing_ids[i]),
+                float(per_listing[i]),
+                tuple((as_uuid(image_ids[r]), s) for r, s in found),
+            )
+        )
+    return out
+
+
+def load_index(
+    store: Store, model: ModelInfo, progress: bool = False, settings: SearchSettings | None = None
+) -> VectorIndex:
+    """Read every vector of ``model`` from the store into a new index (with a progress bar)."""
+    index = VectorIndex(model, settings)
+    ann.configure_threads(index.settings.threads)
+    loaded_from_ms = int(time.time() * 1000)
+    parts: list[FeatureBatch | Segment] = []
     with Progress(disable=not progress, transient=True) as bar:
         task = bar.add_task(f"loading {model.name} vectors", total=None)
         for batch in store.scan_features(model):
-            batches.append(batch)
+            parts.append(Segment.build([batch], index.dtype, model.dim))  # held in the index's dtype
             bar.advance(task, len(batch))
-    index.add(FeatureBatch.concat(batches, model.dim))
+    index.reset(parts)
     log.info("index: %d vectors of %s in %d listings", len(index), model.name, index.listing_count)
+    from search.follow import start_following  # follow builds on this module
+
+    index.follower = start_following(store, model, index, loaded_from_ms)
     return index

@@ -37,6 +37,12 @@ class ScoreOptions:
             raise ValueError(f"top_n must be at least 1, got {self.top_n}")
 
 
+def check_k(k: int) -> None:
+    """A caller's k: between 1 and MAX_K (the engine may widen internally past it)."""
+    if not 1 <= k <= MAX_K:
+        raise ValueError(f"k must be between 1 and {MAX_K}, got {k}")
+
+
 def group_starts(listing_ids: npt.NDArray[np.bytes_]) -> I64:
     """Start row of each run of equal listing ids (rows must be grouped by listing)."""
     if len(listing_ids) == 0:

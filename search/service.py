@@ -16,7 +16,8 @@ from extract.decode import decode
 from extract.model import FeatureModel
 from schemas.codec import l2_normalise
 from schemas.records import ImageMatch, ListingResult, QueryAnswer, StockLevel
-from search.engine import ExactIndex, RankedListing, UnknownId
+from search import scoring
+from search.engine import RankedListing, UnknownId, VectorIndex
 from search.scoring import ScoreOptions
 from store import ResultRow, Store
 
@@ -44,7 +45,7 @@ class SearchService:
     def __init__(
         self,
         store: Store,
-        index: ExactIndex,
+        index: VectorIndex,
         model_factory: Callable[[], FeatureModel] | None = None,
         max_pixels: int = 40_000_000,
     ) -> None:
@@ -98,8 +99,27 @@ class SearchService:
         in_stock_only: bool = False,
         exclude: uuid.UUID | None = None,
     ) -> QueryAnswer:
+        return self.search_many(np.reshape(vector, (1, -1)), opts, in_stock_only, exclude)[0]
+
+    def search_many(
+        self,
+        vectors: npt.NDArray[np.float32],
+        opts: ScoreOptions,
+        in_stock_only: bool = False,
+        exclude: uuid.UUID | None = None,
+    ) -> list[QueryAnswer]:
+        """One answer per row of ``vectors`` (ranked together: one matrix product), each
+        written to ``query_results``."""
+        scoring.check_k(opts.k)
+        queries = self.index.check_queries(vectors)
         excluded = [exclude] if exclude else []
-        ranked, stock = self._rank_with_stock(vector, opts, in_stock_only, excluded)
+        ranked = self.index.search_many(queries, opts, excluded)
+        return [
+            self._answer(*self._with_stock(q, first, opts, in_stock_only, excluded))
+            for q, first in zip(queries, ranked, strict=True)
+        ]
+
+    def _answer(self, ranked: list[RankedListing], stock: dict[uuid.UUID, StockLevel]) -> QueryAnswer:
         names = self.store.listing_names([r.listing_id for r in ranked])
         results = tuple(
             ListingResult(
@@ -115,18 +135,18 @@ class SearchService:
         self.store.write_query_results(answer.query_id, [_row(r) for r in results])
         return answer
 
-    def _rank_with_stock(
+    def _with_stock(
         self,
         vector: npt.NDArray[np.float32],
+        ranked: list[RankedListing],
         opts: ScoreOptions,
         in_stock_only: bool,
         exclude: list[uuid.UUID],
     ) -> tuple[list[RankedListing], dict[uuid.UUID, StockLevel]]:
-        """Rank, then join live stock; with ``in_stock_only`` widen the ranking until k
+        """Join live stock to a ranking; with ``in_stock_only`` widen the ranking until k
         in-stock listings are found (the same answer as filtering every listing first)."""
         want = opts.k
         while True:
-            ranked = self.index.search(vector, dataclasses.replace(opts, k=want), exclude)
             stock = dict(self.store.get_stock([r.listing_id for r in ranked]))
             if not in_stock_only:
                 return ranked, stock
@@ -134,6 +154,7 @@ class SearchService:
             if len(kept) >= opts.k or len(ranked) < want:
                 return kept[: opts.k], stock
             want *= 4
+            ranked = self.index.search(vector, dataclasses.replace(opts, k=want), exclude)
 
 
 def _row(result: ListingResult) -> ResultRow:

@@ -22,13 +22,14 @@ import pyarrow as pa
 from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
-from lookalike.settings import SparkSettings
+from lookalike.settings import SearchSettings, SparkSettings
 from schemas.codec import l2_normalise, numpy_dtype
 from schemas.records import FeatureBatch, ImageMatch, ListingResult, ModelInfo, QueryAnswer, as_uuid
-from search import scoring
+from search import kernel, scoring
 from search.scoring import ScoreOptions
 from search.spark.cassandra import read_features, uses_connector
 from store import ResultRow, open_store
+from store.base import parse_matches
 
 FEATURES_SCHEMA = "listing_id binary, image_id binary, vector binary"
 CANDIDATES_SCHEMA = "query_idx int, listing_id binary, score float, matches string"
@@ -91,11 +92,12 @@ def _feature_record_batch(fb: FeatureBatch, dtype: str) -> pa.RecordBatch:
 
 
 def _feature_batch(table: pa.Table, model: ModelInfo) -> FeatureBatch:
+    """Zero-copy views over the Arrow buffers; vectors stay in their stored dtype."""
     vectors = np.frombuffer(_fixed_width_values(table.column("vector")), numpy_dtype(model.dtype))
     return FeatureBatch(
         np.frombuffer(_fixed_width_values(table.column("listing_id")), dtype="S16"),
         np.frombuffer(_fixed_width_values(table.column("image_id")), dtype="S16"),
-        vectors.reshape(table.num_rows, model.dim).astype(np.float32),
+        vectors.reshape(table.num_rows, model.dim),
     )
 
 
@@ -107,6 +109,7 @@ class _Scorer:
     opts: ScoreOptions
     model: ModelInfo
     allowed: frozenset[bytes] | None  # in-stock listing ids, when filtering
+    dtype: str = "float16"  # vectors scored in the engine's in-memory dtype, for the same answer
 
     def __call__(self, batches: Iterable[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         table = pa.Table.from_batches(list(batches), schema=_features_arrow_schema())
@@ -114,13 +117,14 @@ class _Scorer:
             return
         fb = _feature_batch(table, self.model)
         order = np.lexsort((fb.image_ids, fb.listing_ids))  # a listing's rows contiguous, as in the engine
-        listing_rows, image_ids, vectors = fb.listing_ids[order], fb.image_ids[order], fb.vectors[order]
+        listing_rows, image_ids = fb.listing_ids[order], fb.image_ids[order]
+        vectors = kernel.narrow(fb.vectors[order], numpy_dtype(self.dtype))
         starts = scoring.group_starts(listing_rows)
         listing_ids, ends = listing_rows[starts], np.append(starts[1:], len(listing_rows))
         allowed = np.ones(len(starts), dtype=bool)
         if self.allowed is not None:
             allowed = np.isin(listing_ids, np.array(sorted(self.allowed), dtype="S16"))
-        scores = vectors @ self.queries.T  # (rows, queries): one matrix product
+        scores = kernel.score(vectors, self.queries)  # (rows, queries): one matrix product
         out: dict[str, list[object]] = {
             "query_idx": [],
             "listing_id": [],
@@ -196,7 +200,7 @@ def _result_row(r: dict[str, Any]) -> ResultRow:
         uuid.UUID(bytes=r["listing_id"]),
         r["listing_name"],
         r["inventory"],
-        tuple((uuid.UUID(i), float(s)) for i, s in json.loads(r["matches"])),
+        parse_matches(r["matches"]),
     )
 
 
@@ -208,11 +212,14 @@ def score_queries(
     queries: npt.NDArray[np.float32],
     opts: ScoreOptions,
     in_stock_only: bool = False,
+    dtype: str | None = None,
 ) -> list[QueryAnswer]:
-    """Top-k listings for each query row; writes ``query_results`` and returns the answers."""
+    """Top-k listings for each query row; writes ``query_results`` and returns the answers.
+    Vectors are scored in ``dtype`` (default: the engine's ``LOOKALIKE_SEARCH_DTYPE``)."""
+    scoring.check_k(opts.k)
     q = l2_normalise(np.atleast_2d(np.asarray(queries, dtype=np.float32)))
-    if q.shape[1] != model.dim:
-        raise ValueError(f"query vectors must have {model.dim} columns, got {q.shape[1]}")
+    if q.ndim != 2 or q.shape[1] != model.dim:
+        raise ValueError(f"query vectors must have {model.dim} columns, got {q.shape[-1]}")
     store = open_store(store_url)
     try:
         levels = store.all_stock()
@@ -224,7 +231,9 @@ def score_queries(
     allowed = frozenset(s.listing_id.bytes for s in levels if s.inventory > 0) if in_stock_only else None
     best = Window.partitionBy("query_idx").orderBy(F.col("score").desc(), F.col("listing_id").asc())
     top = (
-        features.mapInArrow(_Scorer(q, opts, model, allowed), CANDIDATES_SCHEMA)
+        features.mapInArrow(
+            _Scorer(q, opts, model, allowed, dtype or SearchSettings().dtype), CANDIDATES_SCHEMA
+        )
         .join(F.broadcast(stock), "listing_id", "left")
         .withColumn("rank", F.row_number().over(best))
         .where(F.col("rank") <= opts.k)

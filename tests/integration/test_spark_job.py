@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 import uuid
 
 import numpy as np
 import pytest
 
+from lookalike.settings import SearchSettings
 from schemas.codec import l2_normalise
-from schemas.records import Extracted, ImageRecord, ModelInfo, StockLevel
-from search.engine import load_index
+from schemas.records import Extracted, ImageRecord, ModelInfo, StockLevel, as_uuid
+from search.engine import UnknownId, load_index
 from search.scoring import ScoreOptions
 from search.service import SearchService
+from search.spark import queries
 from search.spark.job import load_features, score_queries
 
 pytestmark = pytest.mark.integration
@@ -64,3 +70,62 @@ def test_wrong_dimension_is_refused(spark, sqlite_store, catalogue) -> None:  # 
     features = load_features(spark, sqlite_store.url, MODEL, shards=2)
     with pytest.raises(ValueError, match=f"must have {DIM} columns, got 5"):
         score_queries(spark, features, sqlite_store.url, MODEL, np.ones((1, 5), np.float32), ScoreOptions())
+
+
+def test_queries_from_stored_images_and_a_file(spark, sqlite_store, catalogue, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    index = load_index(sqlite_store, MODEL)
+    images = [as_uuid(i) for i in index.image_id_array()[:3]]
+    q = queries.from_images(sqlite_store, MODEL, images)
+    np.testing.assert_array_equal(q, [index.image_vector(i)[1] for i in images])
+    np.save(tmp_path / "q.npy", catalogue)
+    np.testing.assert_allclose(
+        queries.from_file(tmp_path / "q.npy", MODEL), l2_normalise(catalogue), rtol=1e-6
+    )
+    with pytest.raises(UnknownId, match="is not in the store"):
+        queries.from_images(sqlite_store, MODEL, [uuid.uuid4()])
+    features = load_features(spark, sqlite_store.url, MODEL, shards=3)
+    answers = score_queries(spark, features, sqlite_store.url, MODEL, q, ScoreOptions(k=5))
+    service = SearchService(sqlite_store, index)
+    for answer, vector in zip(answers, q, strict=True):
+        expected = service.search_vector(vector, ScoreOptions(k=5))
+        assert [r.listing_id for r in answer.results] == [r.listing_id for r in expected.results]
+
+
+def test_float32_in_memory_dtype_matches_the_engine(spark, sqlite_store, catalogue) -> None:  # type: ignore[no-untyped-def]
+    opts = ScoreOptions(k=6, aggregation="mean_top_n")
+    features = load_features(spark, sqlite_store.url, MODEL, shards=4)
+    answers = score_queries(spark, features, sqlite_store.url, MODEL, catalogue, opts, dtype="float32")
+    service = SearchService(
+        sqlite_store, load_index(sqlite_store, MODEL, settings=SearchSettings(dtype="float32"))
+    )
+    for answer, q in zip(answers, l2_normalise(catalogue), strict=True):
+        expected = service.search_vector(q, opts)
+        assert [r.listing_id for r in answer.results] == [r.listing_id for r in expected.results]
+        np.testing.assert_allclose(
+            [r.score for r in answer.results], [r.score for r in expected.results], rtol=1e-5
+        )
+
+
+def test_k_out_of_range_is_refused(spark, sqlite_store, catalogue) -> None:  # type: ignore[no-untyped-def]
+    features = load_features(spark, sqlite_store.url, MODEL, shards=2)
+    with pytest.raises(ValueError, match="k must be between 1 and 1000, got 1001"):
+        score_queries(spark, features, sqlite_store.url, MODEL, catalogue, ScoreOptions(k=1001))
+
+
+def test_the_job_runs_from_the_command_line(sqlite_store, catalogue, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    np.save(tmp_path / "q.npy", catalogue[:2])
+    env = {
+        **os.environ,
+        "LOOKALIKE_STORE": sqlite_store.url,
+        "LOOKALIKE_SPARK_MASTER": "local[1]",
+        "LOOKALIKE_SEARCH_FOLLOW": "off",
+    }
+    args = [sys.executable, "-m", "search.spark", "--vectors", str(tmp_path / "q.npy"), "--k", "4"]
+    done = subprocess.run(args, env=env, capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    answers = json.loads(done.stdout)
+    service = SearchService(sqlite_store, load_index(sqlite_store, MODEL))
+    for answer, q in zip(answers, l2_normalise(catalogue[:2]), strict=True):
+        expected = service.search_vector(q, ScoreOptions(k=4))
+        assert [r["listing_id"] for r in answer["results"]] == [str(r.listing_id) for r in expected.results]
+        assert len(sqlite_store.read_query_results(uuid.UUID(answer["query_id"]))) == 4

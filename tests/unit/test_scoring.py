@@ -7,6 +7,7 @@ import uuid
 import numpy as np
 import pytest
 
+from lookalike.settings import SearchSettings
 from schemas.codec import l2_normalise
 from schemas.records import FeatureBatch, ModelInfo
 from search.engine import ExactIndex, UnknownId
@@ -32,7 +33,7 @@ def oracle(vectors, listing_of, q, opts, exclude=()):  # type: ignore[no-untyped
     return [(lid, per[lid]) for lid in ranked[: opts.k]]
 
 
-def make_index(seed: int, n_listings: int = 30, ties: bool = False):  # type: ignore[no-untyped-def]
+def make_index(seed: int, n_listings: int = 30, ties: bool = False, dtype: str = "float16"):  # type: ignore[no-untyped-def]
     rng = np.random.default_rng(seed)
     listings = [uuid.UUID(int=int(rng.integers(0, 2**62)) << 64) for _ in range(n_listings)]  # trailing zeros
     listing_of, vectors = [], []
@@ -43,8 +44,9 @@ def make_index(seed: int, n_listings: int = 30, ties: bool = False):  # type: ig
     v = l2_normalise(np.array(vectors))
     if ties:  # duplicate whole listings so several listings share exactly the same score
         v[len(v) // 2 :] = v[: len(v) - len(v) // 2]
+    v = v.astype(dtype).astype(np.float32)  # what the index holds: the oracle scores the same values
     image_ids = [uuid.uuid4() for _ in listing_of]
-    index = ExactIndex(MODEL)
+    index = ExactIndex(MODEL, SearchSettings(dtype=dtype))  # type: ignore[arg-type]
     index.add(
         FeatureBatch(
             np.array([x.bytes for x in listing_of], dtype="S16"),
@@ -57,8 +59,9 @@ def make_index(seed: int, n_listings: int = 30, ties: bool = False):  # type: ig
 
 @pytest.mark.parametrize("aggregation", ["max", "mean_top_n", "count_above"])
 @pytest.mark.parametrize("ties", [False, True])
-def test_exact_search_equals_brute_force(aggregation: str, ties: bool) -> None:
-    index, v, listing_of, _ = make_index(1, ties=ties)
+@pytest.mark.parametrize("dtype", ["float16", "float32"])
+def test_exact_search_equals_brute_force(aggregation: str, ties: bool, dtype: str) -> None:
+    index, v, listing_of, _ = make_index(1, ties=ties, dtype=dtype)
     q = v[3]
     opts = ScoreOptions(k=7, aggregation=aggregation, threshold=0.2)  # type: ignore[arg-type]
     got = [(r.listing_id, r.score) for r in index.search(q, opts)]

@@ -1,0 +1,138 @@
+"""Keeping a loaded index fresh: a follower thread applies what a change source reports.
+
+A change source says which vectors appeared (upserts) and which images are gone. The one here,
+:class:`StoreScanSource`, diffs a scan of the store against the index; it needs nothing beyond
+the Store protocol but reads every vector of the model on each poll (see README: a
+``features`` change feed in the store would make a poll cost what changed, not the table).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+from schemas.records import FeatureBatch, ModelInfo, as_uuid
+from search.engine import VectorIndex
+from store import Store, StoreError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Changes:
+    upserts: FeatureBatch
+    removed_images: npt.NDArray[np.bytes_]  # S16
+
+    def __len__(self) -> int:
+        return len(self.upserts) + len(self.removed_images)
+
+
+class ChangeSource(Protocol):
+    def poll(self) -> Changes:
+        """What changed since the last poll (or since the index was loaded)."""
+        ...
+
+
+class StoreScanSource:
+    """Diffs a scan of the store against the index: rows the index lacks are upserts, images
+    the store no longer has are removals."""
+
+    def __init__(self, store: Store, model: ModelInfo, index: VectorIndex) -> None:
+        self.store, self.model, self.index = store, model, index
+
+    def poll(self) -> Changes:
+        held = self.index.image_id_array()
+        upserts, seen = [], []
+        for batch in self.store.scan_features(self.model):
+            new = ~np.isin(batch.image_ids, held)
+            if new.any():
+                upserts.append(FeatureBatch(batch.listing_ids[new], batch.image_ids[new], batch.vectors[new]))
+            seen.append(batch.image_ids)
+        stored = np.concatenate([np.zeros(0, "S16"), *seen])
+        return Changes(FeatureBatch.concat(upserts, self.model.dim), held[~np.isin(held, stored)])
+
+
+def apply(index: VectorIndex, changes: Changes) -> None:
+    if len(changes.removed_images):
+        index.remove_images(as_uuid(i) for i in changes.removed_images)
+    if len(changes.upserts):
+        index.add(changes.upserts)
+
+
+class Follower:
+    """Polls a change source every ``interval_s`` on a daemon thread and applies it."""
+
+    def __init__(self, index: VectorIndex, source: ChangeSource, interval_s: float) -> None:
+        if interval_s <= 0:
+            raise ValueError(f"the follow interval must be positive, got {interval_s}")
+        self.index, self.source, self.interval_s = index, source, interval_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="index-follower", daemon=True)
+        self.polls = 0
+
+    def start(self) -> Follower:
+        self._thread.start()
+        return self
+
+    def poll_once(self) -> int:
+        changes = self.source.poll()
+        apply(self.index, changes)
+        self.polls += 1
+        return len(changes)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            started = time.monotonic()
+            try:
+                n = self.poll_once()
+            except StoreError as exc:  # the store is down for a while: keep the index, retry
+                log.warning("index follower: %s; retrying in %.1fs", exc, self.interval_s)
+            except BaseException:
+                log.exception("index follower stopped: the index no longer follows new vectors")
+                raise
+            else:
+                if n:
+                    log.info("index follower: applied %d changes", n)
+            self._stop.wait(max(0.0, self.interval_s - (time.monotonic() - started)))
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join()
+
+
+def start_following(
+    store: Store, model: ModelInfo, index: VectorIndex, loaded_from_ms: int
+) -> Follower | None:
+    """The follower the settings ask for, started; None when following is off."""
+    from lookalike.settings import KafkaSettings
+
+    settings, kafka = index.settings, KafkaSettings()
+    mode = settings.follow
+    if mode == "auto":
+        mode = "stream" if kafka.bootstrap else "off"
+    if mode == "off":
+        log.info("index follower off: vectors stored from now on are searchable after a restart")
+        return None
+    source: ChangeSource
+    if mode == "stream":
+        from search.follow_kafka import ImageStreamSource
+
+        since = loaded_from_ms - int(settings.follow_lookback_s * 1000)
+        try:
+            source = ImageStreamSource(kafka.client_config(), kafka.images_topic, store, model, index, since)
+        except RuntimeError as exc:
+            if settings.follow == "stream":  # asked for explicitly: fail loudly
+                raise
+            log.warning("index follower off: %s", exc)
+            return None
+    else:
+        source = StoreScanSource(store, model, index)
+    log.info("index follower: %s every %.1fs", mode, settings.follow_interval_s)
+    return Follower(index, source, settings.follow_interval_s).start()

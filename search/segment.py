@@ -1,0 +1,143 @@
+"""Segments of rows and the immutable view a search reads.
+
+A :class:`Segment` holds rows sorted by (listing, image), one row per image. A :class:`View`
+combines the main segment (with tombstones), the fresh segment and the optional ANN into the
+live rows in (listing, image) order: ``order`` maps each live row to its place in
+``[main rows; fresh rows]``, so the big main matrix is never copied when something changes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from schemas.records import FeatureBatch
+from search import kernel, scoring
+
+I64 = npt.NDArray[np.int64]
+Ids = npt.NDArray[np.bytes_]
+COPY_ROWS = 65536  # rows gathered at a time while building (bounds the temporary copy)
+
+
+def _keys(listing_rows: Ids, image_ids: Ids) -> Ids:
+    """(listing, image) as one 32-byte key per row, ordered like the pair."""
+    pairs = np.empty((len(listing_rows), 32), dtype=np.uint8)
+    pairs[:, :16] = np.ascontiguousarray(listing_rows, dtype="S16").view(np.uint8).reshape(-1, 16)
+    pairs[:, 16:] = np.ascontiguousarray(image_ids, dtype="S16").view(np.uint8).reshape(-1, 16)
+    return pairs.view("S32").reshape(-1)
+
+
+@dataclass(frozen=True)
+class Segment:
+    listing_ids: Ids  # S16 per row, sorted
+    image_ids: Ids  # S16, unique
+    vectors: kernel.Vectors  # (rows, dim) in the index's dtype
+    keys: Ids  # S32 (listing, image), sorted
+
+    def __len__(self) -> int:
+        return len(self.image_ids)
+
+    @staticmethod
+    def empty(dtype: np.dtype[Any], dim: int) -> Segment:
+        return Segment.build([FeatureBatch.empty(dim)], dtype, dim)
+
+    @staticmethod
+    def build(
+        parts: list[FeatureBatch | Segment],
+        dtype: np.dtype[Any],
+        dim: int,
+        alive: npt.NDArray[np.bool_] | None = None,
+    ) -> Segment:
+        """Rows of ``parts`` sorted by (listing, image); of rows sharing an image id, the last
+        wins; rows where ``alive`` (over the concatenated parts) is False are left out. The
+        vectors are copied once, in bounded chunks, or not at all when already in order."""
+        listing_rows = np.concatenate([np.zeros(0, "S16"), *(p.listing_ids for p in parts)])
+        image_ids = np.concatenate([np.zeros(0, "S16"), *(p.image_ids for p in parts)])
+        n = len(image_ids)
+        _, first_reversed = np.unique(image_ids[::-1], return_index=True)
+        keep = n - 1 - first_reversed.astype(np.int64)
+        if alive is not None:
+            keep = keep[alive[keep]]
+        order = keep[np.lexsort((image_ids[keep], listing_rows[keep]))]
+        if len(parts) == 1 and parts[0].vectors.dtype == dtype and np.array_equal(order, np.arange(n)):
+            vectors: kernel.Vectors = parts[0].vectors  # already sorted: no copy
+        else:
+            vectors = _gather_parts(parts, order, dtype, dim)
+        rows, images = listing_rows[order], image_ids[order]
+        return Segment(rows, images, vectors, _keys(rows, images))
+
+    def take(self, mask: npt.NDArray[np.bool_]) -> Segment:
+        return Segment(self.listing_ids[mask], self.image_ids[mask], self.vectors[mask], self.keys[mask])
+
+
+def _gather_parts(
+    parts: list[FeatureBatch | Segment], order: I64, dtype: np.dtype[Any], dim: int
+) -> kernel.Vectors:
+    """Rows ``order`` of the concatenated parts, in the index's dtype, copied in bounded chunks."""
+    vectors: kernel.Vectors = np.empty((len(order), dim), dtype=dtype)
+    offset = 0
+    for p in parts:
+        at = np.flatnonzero((order >= offset) & (order < offset + len(p)))
+        for chunk in range(0, len(at), COPY_ROWS):
+            where = at[chunk : chunk + COPY_ROWS]
+            vectors[where] = kernel.narrow(p.vectors[order[where] - offset], dtype)
+        offset += len(p)
+    return vectors
+
+
+@dataclass(frozen=True)
+class View:
+    """Live rows in (listing, image) order; what one search reads, never changed."""
+
+    main: Segment
+    main_alive: npt.NDArray[np.bool_]
+    fresh: Segment
+    ann: Any  # faiss.Index over the main segment's rows, or None
+    order: I64  # live row -> position in [main rows; fresh rows]
+    listing_rows: Ids = field(repr=False)
+    image_ids: Ids = field(repr=False)
+    starts: I64 = field(repr=False)
+    ends: I64 = field(repr=False)
+    listing_ids: Ids = field(repr=False)
+
+    def vectors(self, positions: I64) -> kernel.Vectors:
+        """Vectors at positions of ``[main rows; fresh rows]``."""
+        n = len(self.main)
+        in_main = positions < n
+        out: kernel.Vectors = np.empty((len(positions), self.main.vectors.shape[1]), self.main.vectors.dtype)
+        out[in_main] = self.main.vectors[positions[in_main]]
+        out[~in_main] = self.fresh.vectors[positions[~in_main] - n]
+        return out
+
+    def score(self, queries: kernel.F32) -> kernel.F32:
+        """(live rows, queries) scores in view order: one matrix product per segment."""
+        main = kernel.score(self.main.vectors, queries)
+        if len(self.fresh) == 0 and len(self.order) == len(self.main):
+            return main  # nothing removed or added since the main segment was built
+        both = np.concatenate([main, kernel.score(self.fresh.vectors, queries)])
+        return both[self.order]
+
+    def listing_index(self, listing: bytes) -> int | None:
+        key = np.array([listing], dtype="S16")  # compared as arrays: trailing NUL bytes count
+        i = int(np.searchsorted(self.listing_ids, key)[0])
+        if i < len(self.listing_ids) and bool((self.listing_ids[i : i + 1] == key)[0]):
+            return i
+        return None
+
+
+def make_view(main: Segment, alive: npt.NDArray[np.bool_], fresh: Segment, ann: Any) -> View:
+    n = len(main)
+    if len(fresh) == 0:
+        order = np.flatnonzero(alive).astype(np.int64)
+    else:
+        merged = np.insert(np.arange(n), np.searchsorted(main.keys, fresh.keys), n + np.arange(len(fresh)))
+        live = np.concatenate([alive, np.ones(len(fresh), dtype=bool)])
+        order = merged[live[merged]].astype(np.int64)
+    listing_rows = np.concatenate([main.listing_ids, fresh.listing_ids])[order]
+    image_ids = np.concatenate([main.image_ids, fresh.image_ids])[order]
+    starts = scoring.group_starts(listing_rows)
+    ends = np.append(starts[1:], len(order)).astype(np.int64)
+    return View(main, alive, fresh, ann, order, listing_rows, image_ids, starts, ends, listing_rows[starts])

@@ -1,0 +1,59 @@
+"""``python -m search.spark``: the Spark search job for a batch of queries.
+
+    python -m search.spark (--vectors QUERIES.npy | --image-ids IDS.txt) [--k K]
+        [--aggregation A] [--in-stock-only] [--model NAME]
+
+Reads ``features`` through Spark (store shard scans, or spark-cassandra-connector when
+configured), scores every query against every vector per partition, writes ``query_results``
+and prints one JSON answer per query (the shape of ``lookalike search --json``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from lookalike import stack
+from lookalike.settings import ModelSettings, SparkSettings
+from schemas.ids import parse_uuid
+from search.scoring import ScoreOptions
+from search.spark import queries
+from search.spark.job import load_features, score_queries
+from search.spark.session import spark_scope
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--vectors", type=Path, help=".npy array of query vectors, one per row")
+    source.add_argument("--image-ids", type=Path, help="text file with one stored image id per line")
+    parser.add_argument("--k", type=int, default=10)
+    parser.add_argument("--aggregation", default="max", choices=["max", "mean_top_n", "count_above"])
+    parser.add_argument("--in-stock-only", action="store_true")
+    parser.add_argument("--model", default=None)
+    args = parser.parse_args(argv)
+    store = stack.configured_store()
+    name = args.model or ModelSettings().name
+    model = store.get_model(name)
+    if model is None:
+        parser.error(f"the store holds no vectors of model {name}")
+    if args.vectors is not None:
+        q = queries.from_file(args.vectors, model)
+    else:
+        lines = [line.strip() for line in args.image_ids.read_text().splitlines() if line.strip()]
+        q = queries.from_images(store, model, [parse_uuid(x, "image id") for x in lines])
+    opts = ScoreOptions(k=args.k, aggregation=args.aggregation)
+    settings = SparkSettings()
+    with spark_scope(settings, "lookalike-search", store.url) as spark:
+        features = load_features(spark, store.url, model, settings.shards, settings)
+        answers = score_queries(spark, features, store.url, model, q, opts, args.in_stock_only)
+    sys.stdout.write(json.dumps([a.as_json() for a in answers], indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,185 @@
+"""The engine after changes (fresh tier, deletes, compaction), batches and approximate search,
+each held to the brute-force oracle over exactly the rows that should be live."""
+
+from __future__ import annotations
+
+import uuid
+
+import numpy as np
+import pytest
+
+from lookalike.settings import SearchSettings
+from schemas.codec import l2_normalise
+from schemas.records import FeatureBatch, ModelInfo
+from search import scoring
+from search.engine import UnknownId, VectorIndex
+from search.scoring import ScoreOptions
+from tests.unit.test_scoring import oracle
+
+DIM = 16
+MODEL = ModelInfo("vgg16_fc7", "test", DIM, "float16", "random:test")
+AGGREGATIONS = ["max", "mean_top_n", "count_above"]
+
+
+class Catalogue:
+    """Rows known to the test: what the index should hold, for the oracle."""
+
+    def __init__(self, seed: int) -> None:
+        self.rng = np.random.default_rng(seed)
+        self.rows: dict[uuid.UUID, tuple[uuid.UUID, np.ndarray]] = {}  # image -> (listing, vector)
+
+    def batch(self, listings: int, listing_ids: list[uuid.UUID] | None = None) -> FeatureBatch:
+        ls, imgs, vecs = [], [], []
+        for n in range(listings):
+            # ids with trailing zero bytes: as_uuid must restore them
+            lid = listing_ids[n] if listing_ids else uuid.UUID(int=int(self.rng.integers(1, 2**62)) << 64)
+            for _ in range(int(self.rng.integers(1, 5))):
+                image = uuid.uuid4()
+                v = l2_normalise(self.rng.normal(size=DIM)).astype(np.float16).astype(np.float32)
+                ls.append(lid.bytes)
+                imgs.append(image.bytes)
+                vecs.append(v)
+                self.rows[image] = (lid, v)
+        return FeatureBatch(np.array(ls, "S16"), np.array(imgs, "S16"), np.array(vecs, np.float32))
+
+    def check(self, index: VectorIndex, opts: ScoreOptions, seed: int = 0, exact: bool | None = None) -> None:
+        images = list(self.rows)
+        vectors = np.array([self.rows[i][1] for i in images])
+        listing_of = [self.rows[i][0] for i in images]
+        q = l2_normalise(np.random.default_rng(seed).normal(size=DIM)).astype(np.float32)
+        got = [(r.listing_id, r.score) for r in index.search(q, opts, exact=exact)]
+        want = oracle(vectors, listing_of, q, opts)
+        assert [g[0] for g in got] == [w[0] for w in want]
+        np.testing.assert_allclose([g[1] for g in got], [w[1] for w in want], rtol=1e-5, atol=1e-6)
+        assert len(index) == len(self.rows)
+
+
+def fresh_index(cat: Catalogue, listings: int = 25, **settings: object) -> VectorIndex:
+    index = VectorIndex(MODEL, SearchSettings(**settings))  # type: ignore[arg-type]
+    index.reset([cat.batch(listings)])
+    return index
+
+
+@pytest.mark.parametrize("aggregation", AGGREGATIONS)
+def test_vectors_added_after_load_are_searched(aggregation: str) -> None:
+    cat = Catalogue(1)
+    index = fresh_index(cat)
+    index.add(cat.batch(10))  # new listings, in the fresh tier
+    some_old = next(iter(cat.rows.values()))[0]
+    index.add(cat.batch(1, [some_old]))  # more images of a listing of the main segment
+    assert index.fresh_rows > 0
+    opts = ScoreOptions(k=12, aggregation=aggregation, threshold=0.3)  # type: ignore[arg-type]
+    for seed in range(3):
+        cat.check(index, opts, seed)
+
+
+@pytest.mark.parametrize("aggregation", AGGREGATIONS)
+def test_removed_images_and_listings_disappear(aggregation: str) -> None:
+    cat = Catalogue(2)
+    index = fresh_index(cat)
+    index.add(cat.batch(5))
+    images = list(cat.rows)
+    gone_images = images[::7]  # from both tiers
+    assert index.remove_images(gone_images) == len(gone_images)
+    for image in gone_images:
+        del cat.rows[image]
+    gone_listing = next(iter(cat.rows.values()))[0]
+    assert index.remove_listing(gone_listing) > 0
+    cat.rows = {i: row for i, row in cat.rows.items() if row[0] != gone_listing}
+    opts = ScoreOptions(k=40, aggregation=aggregation, threshold=0.3)  # type: ignore[arg-type]
+    cat.check(index, opts)
+    with pytest.raises(UnknownId):
+        index.image_vector(gone_images[0])
+    with pytest.raises(UnknownId):
+        index.listing_vectors(gone_listing)
+    assert index.remove_listing(gone_listing) == 0  # idempotent
+
+
+def test_replacing_an_image_keeps_one_row() -> None:
+    cat = Catalogue(3)
+    index = fresh_index(cat)
+    image, (listing, v) = next(iter(cat.rows.items()))
+    n = len(index)
+    new = (-v).astype(np.float32)
+    index.add(FeatureBatch(np.array([listing.bytes], "S16"), np.array([image.bytes], "S16"), new[None]))
+    cat.rows[image] = (listing, new)
+    assert len(index) == n
+    np.testing.assert_array_equal(index.image_vector(image)[1], new)
+    cat.check(index, ScoreOptions(k=10))
+
+
+def test_fresh_tier_is_merged_past_its_limit() -> None:
+    cat = Catalogue(4)
+    index = fresh_index(cat, fresh_max_rows=8)
+    for _ in range(6):
+        index.add(cat.batch(2))
+    assert index.fresh_rows <= 8
+    gone = list(cat.rows)[::4]  # tombstones in the main tier and drops in the fresh one
+    index.remove_images(gone)
+    cat.rows = {i: row for i, row in cat.rows.items() if i not in gone}
+    index.compact()
+    assert index.fresh_rows == 0
+    cat.check(index, ScoreOptions(k=15, aggregation="mean_top_n"))
+
+
+def test_a_batch_gives_each_query_its_own_answer() -> None:
+    cat = Catalogue(5)
+    index = fresh_index(cat, listings=40)
+    index.add(cat.batch(3))
+    queries = l2_normalise(np.random.default_rng(9).normal(size=(7, DIM)))
+    batch = index.search_many(queries, ScoreOptions(k=6))
+    for q, answer in zip(queries, batch, strict=True):
+        one = index.search(q, ScoreOptions(k=6))
+        assert [r.listing_id for r in answer] == [r.listing_id for r in one]
+        np.testing.assert_allclose([r.score for r in answer], [r.score for r in one], rtol=1e-5)
+
+
+@pytest.mark.parametrize("ann", ["ivf_flat", "hnsw", "ivf_pq"])
+def test_approximate_search_rescoring_is_exact(ann: str) -> None:
+    cat = Catalogue(6)
+    index = fresh_index(
+        cat, listings=120, mode="approximate", ann=ann, nlist=4, nprobe=4, pq_m=4, candidates=10_000
+    )
+    assert index.approximate
+    assert index.recall_at_10 == 1.0  # every row proposed: nothing can be missed
+    index.add(cat.batch(3))  # fresh rows are always rescored
+    for aggregation in AGGREGATIONS:
+        cat.check(index, ScoreOptions(k=10, aggregation=aggregation, threshold=0.3), exact=None)  # type: ignore[arg-type]
+        cat.check(index, ScoreOptions(k=10, aggregation=aggregation, threshold=0.3), exact=True)  # type: ignore[arg-type]
+
+
+def test_approximate_recall_is_measured_and_scores_are_exact() -> None:
+    cat = Catalogue(7)
+    index = fresh_index(cat, listings=300, mode="approximate", nlist=16, nprobe=1, candidates=10)
+    assert index.recall_at_10 is not None and 0 < index.recall_at_10 <= 1
+    q = l2_normalise(np.random.default_rng(1).normal(size=DIM))
+    exact = {r.listing_id: r.score for r in index.search(q, ScoreOptions(k=300), exact=True)}
+    for r in index.search(q, ScoreOptions(k=10)):
+        assert r.score == pytest.approx(exact[r.listing_id], rel=1e-5)
+
+
+def test_clear_errors() -> None:
+    cat = Catalogue(8)
+    index = fresh_index(cat)
+    with pytest.raises(ValueError, match=f"must have {DIM} values, got 5"):
+        index.search_many(np.ones((2, 5), np.float32), ScoreOptions())
+    with pytest.raises(ValueError, match=rf"vectors must be \(n, {DIM}\)"):
+        index.add(FeatureBatch(np.zeros(1, "S16"), np.zeros(1, "S16"), np.ones((1, 3), np.float32)))
+    with pytest.raises(ValueError, match="search takes one query vector, got 2"):
+        index.search(np.ones((2, DIM), np.float32), ScoreOptions())
+    with pytest.raises(ValueError, match="k must be between 1 and 1000, got 1001"):
+        scoring.check_k(1001)
+    with pytest.raises(ValueError, match="search pq_m must divide the dimension 16, got 5"):
+        fresh_index(cat, mode="approximate", ann="ivf_pq", pq_m=5, nlist=2)
+
+
+def test_approximate_search_after_removals() -> None:
+    cat = Catalogue(9)
+    index = fresh_index(cat, listings=60, mode="approximate", nlist=4, nprobe=4, candidates=10_000)
+    last = max((row[0] for row in cat.rows.values()), key=lambda u: u.bytes)  # the highest id
+    index.remove_listing(last)
+    gone = [i for i, row in cat.rows.items() if row[0] != last][::5]
+    index.remove_images(gone)
+    cat.rows = {i: row for i, row in cat.rows.items() if row[0] != last and i not in gone}
+    for seed in range(3):
+        cat.check(index, ScoreOptions(k=60, aggregation="count_above", threshold=0.2), seed)
