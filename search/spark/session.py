@@ -10,6 +10,7 @@ import signal
 import sys
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 
 from pyspark.sql import SparkSession
 
@@ -17,6 +18,7 @@ from lookalike.settings import SparkSettings
 from search.spark.cassandra import connector_conf, uses_connector
 
 log = logging.getLogger(__name__)
+LOG4J = Path(__file__).with_name("log4j2.properties")
 
 
 def ensure_java() -> None:
@@ -61,6 +63,7 @@ def spark_session(settings: SparkSettings, app_name: str = "lookalike", store_ur
         .config("spark.ui.showConsoleProgress", "false")
         .config("spark.sql.shuffle.partitions", "8")
         .config("spark.sql.execution.arrow.pyspark.enabled", "true")
+        .config("spark.driver.extraJavaOptions", f"-Dlog4j2.configurationFile={LOG4J.as_uri()}")
     )
     if settings.master.startswith("local"):  # keep a local driver on loopback only
         os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
