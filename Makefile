@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 SERVE  ?= 1
 UV_VERSION := 0.13.8
 
-.PHONY: demo test browser lint typecheck check bench-store bench-api clean
+.PHONY: demo test browser lint typecheck check bench-store bench-api bench-extract bench-search clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -38,6 +38,12 @@ check: lint typecheck test
 
 bench-store: $(STAMP)
 	$(BIN)/python -m bench.store
+
+bench-search: $(STAMP)
+	$(BIN)/python -m bench.search $(if $(filter 1 yes true,$(MILLION)),--million,)
+
+bench-extract: $(STAMP)
+	$(BIN)/python -m bench.extract --save
 
 bench-api: $(STAMP)
 	@test -f data/queries/coffee-held-out.jpg || $(BIN)/lookalike demo --no-serve

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import http.client
 import io
 import urllib.parse
 import urllib.request
-import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
@@ -19,42 +20,75 @@ class DecodeError(ValueError):
     """The payload is not a usable image; the reason goes to the dead-letter topic."""
 
 
-def fetch(message: ImageMessage, timeout_s: float = 10.0) -> bytes:
-    """The image bytes: the payload itself, or what its reference URI points at."""
+def fetch(message: ImageMessage, timeout_s: float = 10.0, max_bytes: int = MAX_REFERENCE_BYTES) -> bytes:
+    """The image bytes: the payload itself, or what its reference URI points at (at most
+    ``max_bytes``; a larger file is refused rather than read whole)."""
     if not message.is_reference:
         return message.payload
     uri = message.payload.decode("utf-8", "replace").strip()
     scheme = urllib.parse.urlsplit(uri).scheme
     try:
         if scheme == "file":
-            path = Path(urllib.parse.unquote(urllib.parse.urlsplit(uri).path))
-            return path.read_bytes()
+            with Path(urllib.parse.unquote(urllib.parse.urlsplit(uri).path)).open("rb") as f:
+                return _read_at_most(f, max_bytes, uri)
         if scheme in ("http", "https"):
             with urllib.request.urlopen(uri, timeout=timeout_s) as resp:
-                return bytes(resp.read(MAX_REFERENCE_BYTES))
-    except OSError as exc:
+                return _read_at_most(resp, max_bytes, uri)
+    except (OSError, http.client.HTTPException, ValueError) as exc:
+        if isinstance(exc, DecodeError):
+            raise
         raise DecodeError(f"cannot read {uri}: {exc}") from None
     raise DecodeError(f"unsupported reference scheme {scheme!r} in {uri!r} (file, http, https)")
 
 
-def decode(data: bytes, max_pixels: int) -> Image.Image:
-    """Open, check the pixel count before decompressing, and convert to RGB."""
+def _read_at_most(stream: io.BufferedIOBase | http.client.HTTPResponse, max_bytes: int, uri: str) -> bytes:
+    data = stream.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        raise DecodeError(f"{uri} is over the limit of {max_bytes} bytes")
+    return bytes(data)
+
+
+@dataclass(frozen=True)
+class Header:
+    """What the file says about itself, read without decoding the pixels."""
+
+    format: str  # Pillow's name: JPEG, PNG, ...
+    mode: str
+    width: int
+    height: int
+
+
+def probe(data: bytes, max_pixels: int) -> Header:
+    """Read the header only and apply the pixel limit (cheap: no pixels are decoded).
+
+    The limit is checked here, explicitly, rather than through Pillow's bomb warning: the
+    decode threads must not touch the process-wide warning filters (``catch_warnings`` is not
+    thread-safe). Pillow still refuses images over twice its own limit with an error."""
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data))
-            width, height = image.size
-            if width * height > max_pixels:
-                raise DecodeError(
-                    f"image is {width}x{height} = {width * height} pixels, over the limit of {max_pixels}"
-                )
-            image.load()
-            return image.convert("RGB")
-    except DecodeError:
-        raise
+        with Image.open(io.BytesIO(data)) as image:
+            header = Header(str(image.format), image.mode, *image.size)
     except UnidentifiedImageError:
         raise DecodeError(f"not a decodable image: unknown format (starts with {data[:8]!r})") from None
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+    except Image.DecompressionBombError as exc:
+        raise DecodeError(f"not a decodable image: {exc}") from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise DecodeError(f"corrupt image: {exc}") from None
+    pixels = header.width * header.height
+    if pixels > max_pixels:
+        raise DecodeError(
+            f"image is {header.width}x{header.height} = {pixels} pixels, over the limit of {max_pixels}"
+        )
+    return header
+
+
+def decode(data: bytes, max_pixels: int) -> Image.Image:
+    """Open, check the pixel count before decompressing, and convert to RGB."""
+    probe(data, max_pixels)
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            image.load()
+            return image.convert("RGB")
+    except Image.DecompressionBombError as exc:
         raise DecodeError(f"not a decodable image: {exc}") from None
     except (OSError, SyntaxError, ValueError) as exc:  # truncated or corrupt data
         raise DecodeError(f"corrupt image: {exc}") from None

@@ -6,6 +6,7 @@ weights only when allowed, with a loud warning (never in production).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -17,13 +18,14 @@ import torch
 import torchvision
 from PIL import Image
 from torch import nn
-from torchvision.transforms import v2
 
-from schemas.codec import l2_normalise
+from extract.preprocess import stack_uint8, to_uint8
 from schemas.records import ModelInfo
 
 log = logging.getLogger(__name__)
 RANDOM_SEED = 0
+MEAN = (0.485, 0.456, 0.406)  # ImageNet statistics, as torchvision's weights expect
+STD = (0.229, 0.224, 0.225)
 
 
 @dataclass(frozen=True)
@@ -86,36 +88,86 @@ def pick_device(setting: str) -> torch.device:
     return torch.device(setting)
 
 
-class FeatureModel:
-    """A CNN cut at its feature layer: preprocess PIL images, embed batches."""
+class PendingVectors:
+    """Vectors of one batch, possibly still being computed on the GPU."""
 
-    def __init__(self, spec: ModelSpec, net: nn.Module, info: ModelInfo, device: torch.device) -> None:
-        self.spec, self.info, self.device = spec, info, device
-        self.net = net.eval().to(device)
-        self.transform = v2.Compose(
-            [
-                v2.PILToTensor(),
-                v2.Resize(256, antialias=True),
-                v2.CenterCrop(224),
-                v2.ToDtype(torch.float32, scale=True),
-                v2.Normalize(mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225]),
-            ]
-        )
+    def __init__(self, host: torch.Tensor, ready: torch.cuda.Event | None) -> None:
+        self._host, self._ready = host, ready
 
-    def preprocess(self, image: Image.Image) -> torch.Tensor:
-        out: torch.Tensor = self.transform(image)
+    def result(self) -> npt.NDArray[np.float32]:
+        """(n, dim) L2-normalised float32; waits for the device when needed."""
+        if self._ready is not None:
+            self._ready.synchronize()
+        out: npt.NDArray[np.float32] = self._host.numpy()
         return out
 
+
+class FeatureModel:
+    """A CNN cut at its feature layer: uint8 pixels in, L2-normalised vectors out.
+
+    On CUDA: page-locked host batches, non-blocking copies, float16 autocast, channels-last,
+    and results copied back asynchronously (``embed_async``), so the caller can queue the
+    next batch before this one has finished.
+    """
+
+    def __init__(
+        self,
+        spec: ModelSpec,
+        net: nn.Module,
+        info: ModelInfo,
+        device: torch.device,
+        *,
+        amp: bool = True,
+        channels_last: bool = True,
+    ) -> None:
+        self.spec, self.info, self.device = spec, info, device
+        self.cuda = device.type == "cuda"
+        self.amp = amp and self.cuda
+        self.channels_last = channels_last and self.cuda
+        net = net.eval().to(device)
+        if self.channels_last:
+            net = net.to(memory_format=torch.channels_last)
+        if self.cuda:
+            torch.backends.cudnn.benchmark = True  # fixed input size: pick the fastest kernels
+        self.net = net
+        self._mean = torch.tensor(MEAN, device=device).view(1, 3, 1, 1) * 255
+        self._std = torch.tensor(STD, device=device).view(1, 3, 1, 1) * 255
+
+    def preprocess(self, image: Image.Image) -> torch.Tensor:
+        """A picture -> (3, 224, 224) uint8, as the worker and the query path both do it."""
+        return to_uint8(image)
+
+    def to_device(self, batch: torch.Tensor) -> torch.Tensor:
+        """(n, 3, h, w) uint8 (host or device) -> normalised float on the device."""
+        if self.cuda and batch.device.type == "cpu" and not batch.is_pinned():
+            batch = batch.pin_memory()
+        x = batch.to(self.device, non_blocking=True).float().sub_(self._mean).div_(self._std)
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
     @torch.inference_mode()
+    def embed_async(self, batch: torch.Tensor) -> PendingVectors:
+        """Queue one uint8 batch; on CUDA this returns before the GPU is done."""
+        x = self.to_device(batch)
+        amp = torch.autocast("cuda", dtype=torch.float16) if self.amp else contextlib.nullcontext()
+        with amp:
+            out = self.net(x)
+        vectors = nn.functional.normalize(out.float(), dim=1)
+        if not self.cuda:
+            return PendingVectors(vectors, None)
+        host = torch.empty(vectors.shape, dtype=torch.float32, pin_memory=True)
+        host.copy_(vectors, non_blocking=True)
+        ready = torch.cuda.Event()  # type: ignore[no-untyped-call]
+        ready.record()
+        return PendingVectors(host, ready)
+
     def embed(self, batch: torch.Tensor) -> npt.NDArray[np.float32]:
-        """(n, 3, 224, 224) -> (n, dim), L2-normalised float32."""
-        out = self.net(batch.to(self.device, non_blocking=True))
-        return l2_normalise(out.float().cpu().numpy())
+        """(n, 3, 224, 224) uint8 -> (n, dim), L2-normalised float32."""
+        return self.embed_async(batch).result()
 
     def embed_images(self, images: list[Image.Image]) -> npt.NDArray[np.float32]:
         if not images:
             return np.zeros((0, self.info.dim), dtype=np.float32)
-        return self.embed(torch.stack([self.preprocess(i) for i in images]))
+        return self.embed(stack_uint8([self.preprocess(i) for i in images], pin=self.cuda))
 
 
 def load_model(
@@ -125,7 +177,10 @@ def load_model(
     allow_random: bool = False,
     dtype: str = "float16",
     device: str = "auto",
+    amp: bool = True,
+    channels_last: bool = True,
 ) -> FeatureModel:
+    """``amp`` and ``channels_last`` apply on CUDA only (float16 autocast, NHWC layout)."""
     if name not in SPECS:
         raise ValueError(f"model must be one of {sorted(SPECS)}, got {name!r}")
     spec = SPECS[name]
@@ -147,10 +202,11 @@ def load_model(
     else:
         raise WeightsMissing(
             f"no pretrained weights for {name}: put torchvision's {spec.weights_file} in "
-            f"{torch.hub.get_dir()}/checkpoints, or set LOOKALIKE_MODEL_WEIGHTS=/path/to/file.pth"
+            f"{torch.hub.get_dir()}/checkpoints, or set LOOKALIKE_MODEL_WEIGHTS=/path/to/file.pth "
+            "(LOOKALIKE_MODEL_ALLOW_RANDOM=1 runs on random weights, never in production)"
         )
     info = ModelInfo(name=name, version=source.rsplit("/", 1)[-1], dim=spec.dim, dtype=dtype, weights=source)
-    return FeatureModel(spec, spec.head(net), info, pick_device(device))
+    return FeatureModel(spec, spec.head(net), info, pick_device(device), amp=amp, channels_last=channels_last)
 
 
 def _seeded(build: Callable[[], nn.Module]) -> nn.Module:

@@ -1,118 +1,117 @@
-"""The extract worker: Kafka batch -> fetch+decode (thread pool) -> CNN -> store -> commit.
-
-Bad messages go to the dead-letter topic with the reason in headers; the worker goes on.
-"""
+"""One message's path, as small functions the pipeline composes: parse, fetch and decode
+(in the decode threads), the record that is stored, and the dead-letter topic."""
 
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
+import torch
 from confluent_kafka import Message
-from PIL import Image
 
-from extract.decode import DecodeError, decode, fetch
-from extract.model import FeatureModel
-from extract.writer import StoreWriter
+from extract.decode import MAX_REFERENCE_BYTES, DecodeError, decode, fetch, probe
+from extract.preprocess import to_uint8
 from ingest.producer import KafkaProducer
 from schemas.messages import ImageMessage, MessageError
 from schemas.records import Extracted, ImageRecord
 
 log = logging.getLogger(__name__)
-STAGES = ("decode", "infer", "write", "dlq")
+GPU_JPEG_MODES = ("RGB", "L")  # nvJPEG handles these; CMYK and the rest go through Pillow
 
 
-@dataclass
-class StageTimes:
-    seconds: dict[str, float] = field(default_factory=lambda: dict.fromkeys(STAGES, 0.0))
-    images: int = 0
-    dead_letters: int = 0
-
-    def add(self, stage: str, started: float) -> None:
-        self.seconds[stage] += time.perf_counter() - started
+@dataclass(frozen=True)
+class DecodeOptions:
+    max_pixels: int
+    fetch_timeout_s: float = 10.0
+    max_reference_bytes: int = MAX_REFERENCE_BYTES
+    jpeg_on_device: bool = False  # leave JPEGs encoded: the GPU decodes them in one batch
 
 
 @dataclass(frozen=True)
 class Decoded:
+    """Ready for the model: (3, 224, 224) uint8 pixels."""
+
     message: ImageMessage
-    image: Image.Image
+    pixels: torch.Tensor
+    width: int
+    height: int
     size_bytes: int
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """A JPEG whose header passed the checks, left for the batched GPU decoder."""
+
+    message: ImageMessage
+    data: bytes
+    width: int
+    height: int
+
+    @property
+    def size_bytes(self) -> int:
+        return len(self.data)
 
 
 @dataclass(frozen=True)
 class Rejected:
     raw: Message
-    stage: str
+    stage: str  # parse | decode
     reason: str
 
 
-class ImageHandler:
-    """Handles one Kafka batch of ``lookalike.images``; raises only if the store is down."""
+Outcome = Decoded | Encoded | Rejected
 
-    def __init__(
-        self,
-        model: FeatureModel,
-        writer: StoreWriter,
-        dlq: KafkaProducer,
-        dlq_topic: str,
-        max_pixels: int,
-        decode_threads: int = 4,
-    ) -> None:
-        self.model, self.writer, self.dlq, self.dlq_topic = model, writer, dlq, dlq_topic
-        self.max_pixels = max_pixels
-        self.times = StageTimes()
-        self._pool = ThreadPoolExecutor(decode_threads, thread_name_prefix="decode")
 
-    def __call__(self, batch: Sequence[Message]) -> None:
-        t = time.perf_counter()
-        outcomes = list(self._pool.map(self._decode_one, batch))
-        self.times.add("decode", t)
-        good = [o for o in outcomes if isinstance(o, Decoded)]
-        rejected = [o for o in outcomes if isinstance(o, Rejected)]
+def decode_message(raw: Message, opts: DecodeOptions) -> Outcome:
+    """Kafka message -> pixels, or the reason it cannot become pixels."""
+    try:
+        message = ImageMessage.from_kafka(raw.headers(), raw.value())
+    except MessageError as exc:
+        return Rejected(raw, "parse", str(exc))
+    try:
+        return decode_image(message, opts)
+    except DecodeError as exc:
+        return Rejected(raw, "decode", str(exc))
+    except Exception as exc:  # error policy: hostile input that trips a decoder bug is dead-lettered
+        log.warning("unexpected error decoding %s", message.image_id, exc_info=True)
+        return Rejected(raw, "decode", f"{type(exc).__name__}: {exc}")
 
-        t = time.perf_counter()
-        vectors = self.model.embed_images([d.image for d in good])
-        self.times.add("infer", t)
 
-        t = time.perf_counter()
-        self.writer.write([self._extracted(d, v) for d, v in zip(good, vectors, strict=True)])
-        self.times.add("write", t)
+def decode_image(message: ImageMessage, opts: DecodeOptions) -> Decoded | Encoded:
+    data = fetch(message, opts.fetch_timeout_s, opts.max_reference_bytes)
+    if opts.jpeg_on_device:
+        header = probe(data, opts.max_pixels)
+        if header.format == "JPEG" and header.mode in GPU_JPEG_MODES:
+            return Encoded(message, data, header.width, header.height)
+    image = decode(data, opts.max_pixels)
+    return Decoded(message, to_uint8(image), image.width, image.height, len(data))
 
-        t = time.perf_counter()
-        self._dead_letter(rejected)
-        self.times.add("dlq", t)
-        self.times.images += len(good)
 
-    def _decode_one(self, raw: Message) -> Decoded | Rejected:
-        try:
-            message = ImageMessage.from_kafka(raw.headers(), raw.value())
-        except MessageError as exc:
-            return Rejected(raw, "parse", str(exc))
-        try:
-            data = fetch(message)
-            return Decoded(message, decode(data, self.max_pixels), len(data))
-        except DecodeError as exc:
-            return Rejected(raw, "decode", str(exc))
+def extracted(item: Decoded | Encoded, vector: npt.NDArray[np.float32], model: str) -> Extracted:
+    m = item.message
+    record = ImageRecord(
+        m.listing_id,
+        m.image_id,
+        m.source or f"kafka:{m.image_id}",
+        m.content_type,
+        item.width,
+        item.height,
+        item.size_bytes,
+    )
+    return Extracted(record, m.listing_name, model, vector)
 
-    def _extracted(self, d: Decoded, vector: npt.NDArray[np.float32]) -> Extracted:
-        m = d.message
-        record = ImageRecord(
-            m.listing_id,
-            m.image_id,
-            m.source or f"kafka:{m.image_id}",
-            m.content_type,
-            d.image.width,
-            d.image.height,
-            d.size_bytes,
-        )
-        return Extracted(record, m.listing_name, self.model.info.name, vector)
 
-    def _dead_letter(self, rejected: list[Rejected]) -> None:
+class DeadLetters:
+    """Sends rejected messages to the dead-letter topic, the reason in headers."""
+
+    def __init__(self, producer: KafkaProducer, topic: str) -> None:
+        self.producer, self.topic = producer, topic
+
+    def send(self, rejected: Sequence[Rejected]) -> None:
+        """Returns once the broker has them all (before the batch's offsets are committed)."""
         for r in rejected:
             log.warning(
                 "dead letter %s[%d]@%d (%s): %s",
@@ -122,21 +121,20 @@ class ImageHandler:
                 r.stage,
                 r.reason,
             )
-            headers = [
-                *(r.raw.headers() or []),
-                ("error", r.reason.encode()),
-                ("error_stage", r.stage.encode()),
-                ("source_topic", str(r.raw.topic()).encode()),
-                ("source_partition", str(r.raw.partition()).encode()),
-                ("source_offset", str(r.raw.offset()).encode()),
-            ]
-            value = r.raw.value() or b""
-            if len(value) > self.dlq.max_message_bytes:  # keep the reason, drop the bulk
-                value, headers = b"", [*headers, ("value_dropped", str(len(value)).encode())]
-            self.dlq.send(self.dlq_topic, r.raw.key() or b"", value, headers)
+            self.producer.send(self.topic, r.raw.key() or b"", *self._value_and_headers(r))
         if rejected:
-            self.dlq.flush()  # delivered before the batch's offsets are committed
-            self.times.dead_letters += len(rejected)
+            self.producer.flush()
 
-    def close(self) -> None:
-        self._pool.shutdown()
+    def _value_and_headers(self, r: Rejected) -> tuple[bytes, list[tuple[str, str | bytes | None]]]:
+        headers: list[tuple[str, str | bytes | None]] = [
+            *(r.raw.headers() or []),
+            ("error", r.reason.encode()),
+            ("error_stage", r.stage.encode()),
+            ("source_topic", str(r.raw.topic()).encode()),
+            ("source_partition", str(r.raw.partition()).encode()),
+            ("source_offset", str(r.raw.offset()).encode()),
+        ]
+        value = r.raw.value() or b""
+        if len(value) > self.producer.max_message_bytes:  # keep the reason, drop the bulk
+            return b"", [*headers, ("value_dropped", str(len(value)).encode())]
+        return value, headers

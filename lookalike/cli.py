@@ -6,7 +6,7 @@ import json
 import logging
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
@@ -16,15 +16,19 @@ from lookalike.settings import (
     ApiSettings,
     CoreSettings,
     KafkaSettings,
-    ModelSettings,
     check_environment,
 )
+
+if TYPE_CHECKING:
+    from lookalike.demo import DemoResult
 
 app = typer.Typer(no_args_is_help=True, help="Lookalike: find listings that look like a photo.")
 schema_app = typer.Typer(no_args_is_help=True, help="Create and inspect the store's tables.")
 ingest_app = typer.Typer(no_args_is_help=True, help="Produce images and stock to Kafka.")
 app.add_typer(schema_app, name="schema")
+features_app = typer.Typer(no_args_is_help=True, help="Vectors computed elsewhere.")
 app.add_typer(ingest_app, name="ingest")
+app.add_typer(features_app, name="features")
 console = Console(width=None if sys.stdout.isatty() else 160)
 err = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
 
@@ -46,7 +50,8 @@ def _setup() -> None:
         datefmt="[%X]",
         handlers=[RichHandler(console=err, show_path=False, rich_tracebacks=True)],
     )
-    logging.getLogger("py4j").setLevel(logging.WARNING)
+    for noisy in ("py4j", "faiss.loader", "httpx"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
 def _fail(message: str) -> None:
@@ -122,18 +127,29 @@ def ingest_stock(
 @app.command()
 def extract(
     drain: Annotated[bool, typer.Option(help="exit once the topic is drained")] = False,
+    workers: Annotated[int, typer.Option(min=1, help="worker processes on this machine, one group")] = 1,
+    metrics_port: Annotated[
+        int | None,
+        typer.Option(help="Prometheus port (worker i: port + i; 0: off) [LOOKALIKE_EXTRACT_METRICS_PORT]"),
+    ] = None,
+    live: Annotated[
+        bool | None, typer.Option(help="a live status line (default: when stderr is a terminal)")
+    ] = None,
 ) -> None:
-    """Run an extract worker in the consumer group until Ctrl-C (or drained)."""
-    from lookalike import stack
+    """Run extract workers in the consumer group until Ctrl-C or SIGTERM (or drained)."""
+    from extract.runner import run_worker, supervise
+    from lookalike.settings import ExtractSettings
 
     try:
-        store, kafka = stack.configured_store(), KafkaSettings()
-        kafka.client_config()
-        model = stack.configured_model()
-        _, handler = stack.run_extract(store, model, kafka, ModelSettings(), drain=drain)
+        port = ExtractSettings().metrics_port if metrics_port is None else metrics_port
+        if workers == 1:
+            show_live = sys.stderr.isatty() if live is None else live
+            totals = run_worker(drain=drain, metrics_port=port, console=err if show_live else None)
     except (ValueError, RuntimeError) as exc:
         _fail(str(exc))
-    console.print(f"stored {handler.times.images} vectors, {handler.times.dead_letters} dead letters")
+    if workers > 1:
+        raise typer.Exit(supervise(workers, drain=drain, metrics_port=port))
+    console.print(f"stored {totals.images} vectors, {totals.dead_letters} dead letters")
 
 
 @app.command("sync-stock")
@@ -155,24 +171,54 @@ def search(
     image: Annotated[Path | None, typer.Option(help="a photo to search with")] = None,
     image_id: Annotated[str | None, typer.Option(help="an indexed image's id")] = None,
     listing_id: Annotated[str | None, typer.Option(help="a listing's id (its images combined)")] = None,
+    vector: Annotated[Path | None, typer.Option(help="a .npy array of query vectors, one per row")] = None,
     k: Annotated[int, typer.Option(min=1, max=1000, help="listings to return")] = 10,
     aggregation: Annotated[str, typer.Option(help="max | mean_top_n | count_above")] = "max",
     in_stock_only: Annotated[bool, typer.Option(help="leave out listings without stock")] = False,
+    min_score: Annotated[float | None, typer.Option(help="leave out listings scoring less")] = None,
+    model: Annotated[str | None, typer.Option(help="the model whose vectors to search")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
 ) -> None:
-    """Find listings similar to an image, an image id or a listing id in the stored catalogue."""
-    from search.cli_query import run_search
+    """Find listings similar to an image, an image id, a listing id or raw vectors."""
+    from search.cli_query import options, run_search, run_vector_search
 
     try:
-        answer = run_search(image, image_id, listing_id, k, aggregation, in_stock_only)
+        opts = options(k, aggregation, min_score)
+        if vector is not None:
+            if image or image_id or listing_id:
+                raise ValueError("--vector cannot be combined with --image, --image-id or --listing-id")
+            answers = run_vector_search(vector, opts, in_stock_only, model)
+        else:
+            answers = [run_search(image, image_id, listing_id, opts, in_stock_only, model)]
     except (ValueError, KeyError, RuntimeError, OSError) as exc:
         _fail(str(exc))
     if as_json:
-        sys.stdout.write(json.dumps(answer.as_json(), indent=2) + "\n")
+        shaped: object = [a.as_json() for a in answers] if vector is not None else answers[0].as_json()
+        sys.stdout.write(json.dumps(shaped, indent=2) + "\n")
     else:
         from lookalike.output import print_answer
 
-        print_answer(console, answer, "Similar listings")
+        for n, answer in enumerate(answers, 1):
+            print_answer(console, answer, "Similar listings" if len(answers) == 1 else f"Query {n}")
+
+
+@features_app.command("import")
+def features_import(
+    vectors: Annotated[Path, typer.Argument(help=".npy array (rows, dim) of vectors")],
+    ids: Annotated[Path, typer.Option(help="CSV with columns listing_id,image_id, one per array row")],
+    model: Annotated[str | None, typer.Option(help="the model the vectors belong to")] = None,
+) -> None:
+    """Store externally computed vectors (L2-normalised on the way in)."""
+    from search.cli_query import run_import
+
+    try:
+        result = run_import(vectors, ids, model)
+    except (ValueError, RuntimeError, OSError) as exc:
+        _fail(str(exc))
+    console.print(
+        f"imported {result.rows} vectors of {result.listings} listings as model {result.model.name} "
+        f"({result.model.dim} dimensions, {result.model.dtype})"
+    )
 
 
 @app.command()
@@ -183,7 +229,7 @@ def serve() -> None:
     from api.app import create_app
 
     settings = ApiSettings()
-    uvicorn.run(create_app(), host=settings.host, port=settings.port)
+    uvicorn.run(create_app(settings=settings), host=settings.host, port=settings.port)
 
 
 @app.command()
@@ -203,7 +249,7 @@ def demo(
         _serve_demo(result)
 
 
-def _serve_demo(result: Any) -> None:
+def _serve_demo(result: DemoResult) -> None:
     import uvicorn
 
     from api.app import create_app
@@ -212,7 +258,7 @@ def _serve_demo(result: Any) -> None:
     console.print(f"API and web page on http://{settings.host}:{settings.port}  (Ctrl-C to stop)")
     console.print(f"  curl -F image=@photo.jpg http://{settings.host}:{settings.port}/v1/search")
     uvicorn.run(
-        create_app(service=result.service),
+        create_app(result.service, settings),
         host=settings.host,
         port=settings.port,
         log_level="warning",

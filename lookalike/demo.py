@@ -92,7 +92,7 @@ def extract(store: Store, model: FeatureModel, kafka: KafkaSettings, expected: i
     columns = (TextColumn("extract"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, transient=False) as bar:
         task = bar.add_task("extract", total=expected)
-        _, handler = stack.run_extract(
+        _, metrics = stack.run_extract(
             store,
             model,
             kafka,
@@ -100,7 +100,7 @@ def extract(store: Store, model: FeatureModel, kafka: KafkaSettings, expected: i
             drain=True,
             on_progress=lambda n, _lag: bar.advance(task, n),
         )
-    t = handler.times
+    t = metrics.totals
     log.info(
         "extract: %d images stored, %d dead letters; decode %.1fs, infer %.1fs, write %.1fs",
         t.images,

@@ -144,7 +144,7 @@ class SearchSettings(BaseSettings):
     follow: Literal["auto", "stream", "scan", "off"] = "auto"
     follow_interval_s: float = Field(default=0.2, gt=0)
     follow_lookback_s: float = Field(default=60.0, ge=0)  # stream: start this long before the load
-    threads: int = Field(default=0, ge=0)  # FAISS / BLAS threads; 0: library default
+    threads: int = Field(default=0, ge=0)  # search kernel (torch) and FAISS threads; 0: all cores
 
 
 class ApiSettings(BaseSettings):

@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from collections.abc import Callable, Sequence
 
 from confluent_kafka import Message
 
+from extract.metrics import ExtractMetrics
 from extract.model import FeatureModel, load_model
-from extract.worker import ImageHandler
+from extract.pipeline import ExtractPipeline
+from extract.worker import DeadLetters, DecodeOptions
 from extract.writer import StoreWriter
 from ingest.broker import ensure_topics
 from ingest.producer import KafkaProducer
 from lookalike.consumer import ConsumerLoop, LoopStats
-from lookalike.settings import CoreSettings, KafkaSettings, ModelSettings
+from lookalike.settings import CoreSettings, ExtractSettings, KafkaSettings, ModelSettings
 from schemas.messages import MessageError, parse_stock
 from schemas.records import ModelInfo
 from store import Store, StoreError, open_store
@@ -29,8 +32,12 @@ def configured_store(core: CoreSettings | None = None, apply_schema: bool = True
     return store
 
 
-def configured_model(settings: ModelSettings | None = None, core: CoreSettings | None = None) -> FeatureModel:
-    m, core = settings or ModelSettings(), core or CoreSettings()
+def configured_model(
+    settings: ModelSettings | None = None,
+    core: CoreSettings | None = None,
+    extract: ExtractSettings | None = None,
+) -> FeatureModel:
+    m, core, ex = settings or ModelSettings(), core or CoreSettings(), extract or ExtractSettings()
     if core.production and m.allow_random:
         log.info("production mode: random weights are refused")
     return load_model(
@@ -39,6 +46,8 @@ def configured_model(settings: ModelSettings | None = None, core: CoreSettings |
         allow_random=m.allow_random and not core.production,
         dtype=m.dtype,
         device=m.device,
+        amp=ex.amp,
+        channels_last=ex.channels_last,
     )
 
 
@@ -61,6 +70,10 @@ def default_batch_size(model: FeatureModel) -> int:
     return 64 if model.device.type == "cuda" else 16
 
 
+def default_decode_workers() -> int:
+    return max(1, min(8, os.cpu_count() or 1))
+
+
 def run_extract(
     store: Store,
     model: FeatureModel,
@@ -70,31 +83,46 @@ def run_extract(
     drain: bool = False,
     stop: threading.Event | None = None,
     on_progress: Callable[[int, int | None], None] | None = None,
-) -> tuple[LoopStats, ImageHandler]:
+    extract: ExtractSettings | None = None,
+    metrics: ExtractMetrics | None = None,
+) -> tuple[LoopStats, ExtractMetrics]:
     """Consume ``lookalike.images`` into the store until stopped (or drained)."""
+    ex, metrics = extract or ExtractSettings(), metrics or ExtractMetrics()
     conf = kafka.client_config()
     ensure_topics(conf, [kafka.images_topic, kafka.dlq_topic], kafka.partitions, kafka.replication)
     register_model(store, model.info)
     dlq = KafkaProducer(conf, kafka.max_message_bytes)
-    handler = ImageHandler(
+    opts = DecodeOptions(
+        model_settings.max_pixels,
+        ex.fetch_timeout_s,
+        ex.max_reference_bytes,
+        jpeg_on_device=ex.gpu_decode and model.cuda,
+    )
+    pipeline = ExtractPipeline(
         model,
         StoreWriter(store, model_settings.dtype),
-        dlq,
-        kafka.dlq_topic,
-        model_settings.max_pixels,
-    )
-    loop = ConsumerLoop(
-        conf,
-        kafka.group,
-        [kafka.images_topic],
-        handler,
-        batch_size=model_settings.batch_size or default_batch_size(model),
+        DeadLetters(dlq, kafka.dlq_topic),
+        opts,
+        metrics,
+        decode_workers=ex.decode_workers or default_decode_workers(),
+        prefetch_batches=ex.prefetch_batches,
     )
     try:
-        return loop.run(stop, until_drained=drain, on_progress=on_progress), handler
+        loop = ConsumerLoop(
+            conf,
+            kafka.group,
+            [kafka.images_topic],
+            pipeline,
+            batch_size=model_settings.batch_size or default_batch_size(model),
+            session_timeout_ms=ex.session_timeout_ms,
+            observer=metrics,
+        )
+        try:
+            return loop.run(stop, until_drained=drain, on_progress=on_progress), metrics
+        finally:
+            loop.close()
     finally:
-        loop.close()
-        handler.close()
+        pipeline.close()
         dlq.flush()
 
 

@@ -9,10 +9,14 @@ from pathlib import Path
 import pytest
 from confluent_kafka import Consumer
 from PIL import Image
+from prometheus_client import generate_latest
+from typer.testing import CliRunner
 
-from ingest.producer import KafkaProducer
+from ingest.broker import free_port
+from ingest.producer import KafkaProducer, MessageTooLarge
 from lookalike import stack
-from lookalike.settings import KafkaSettings, ModelSettings
+from lookalike.cli import app
+from lookalike.settings import ExtractSettings, KafkaSettings, ModelSettings
 from schemas.messages import URI_LIST, ImageMessage
 from tests.conftest import jpeg_bytes, tiny_model
 
@@ -37,23 +41,35 @@ def test_bad_payloads_are_dead_lettered(broker: str, sqlite_store, unique: str, 
         group=f"g-{unique}",
     )
     good = [_message(jpeg_bytes(i)) for i in range(3)]
+    huge = tmp_path / "huge.jpg"
+    huge.write_bytes(jpeg_bytes() + bytes(10_000))
     bad = {
         "corrupt": _message(jpeg_bytes()[:200]),
         "not an image": _message(b"%PDF-1.4 not a photo"),
         "bomb": _message(_bomb()),
         "missing file": _message((tmp_path / "gone.jpg").as_uri().encode(), URI_LIST),
+        "unreachable": _message(f"http://127.0.0.1:{free_port()}/a.jpg".encode(), URI_LIST),
+        "enormous file": _message(huge.as_uri().encode(), URI_LIST),
+        "s3": _message(b"s3://bucket/a.jpg", URI_LIST),
     }
     with KafkaProducer(kafka.client_config(), kafka.max_message_bytes) as producer:
         for m in [good[0], *bad.values(), *good[1:]]:
             producer.send(kafka.images_topic, m.key(), m.payload, m.headers())
         producer.send(kafka.images_topic, b"k", b"no headers at all", [])
 
-    stats, handler = stack.run_extract(
-        sqlite_store, tiny_model(), kafka, ModelSettings(max_pixels=4_000_000), drain=True
+        bad_id = [(k, b"not-a-uuid" if k == "image_id" else v) for k, v in good[0].headers()]
+        producer.send(kafka.images_topic, b"k", good[0].payload, bad_id)
+
+    extract = ExtractSettings(max_reference_bytes=8192, fetch_timeout_s=2, metrics_port=0)
+    stats, metrics = stack.run_extract(
+        sqlite_store, tiny_model(), kafka, ModelSettings(max_pixels=4_000_000), drain=True, extract=extract
     )
     assert sqlite_store.count("features") == 3
     assert sqlite_store.existing_images([m.image_id for m in good], "vgg16_fc7") == {m.image_id for m in good}
-    assert handler.times.dead_letters == 5 and stats.messages == 8
+    assert metrics.totals.dead_letters == 9 and stats.messages == 12
+    body = generate_latest(metrics.registry).decode()
+    assert 'lookalike_extract_dead_letters_total{stage="decode"} 7.0' in body
+    assert 'lookalike_extract_dead_letters_total{stage="parse"} 2.0' in body
 
     consumer = Consumer(
         {
@@ -66,18 +82,35 @@ def test_bad_payloads_are_dead_lettered(broker: str, sqlite_store, unique: str, 
     letters = []
     for _ in range(60):
         letters += [m for m in consumer.consume(10, 1.0) if m.error() is None]
-        if len(letters) >= 5:
+        if len(letters) >= 9:
             break
     consumer.close()
     reasons = {dict(m.headers())["error"].decode(): dict(m.headers()).get(b"image_id") for m in letters}
-    assert len(letters) == 5
+    assert len(letters) == 9
     joined = " | ".join(reasons)
     for expected in (
         "corrupt image",
         "not a decodable image",
-        "over the limit",
-        "cannot read",
+        "pixels, over the limit of 4000000",
+        "gone.jpg",
+        "cannot read http://127.0.0.1",
+        "over the limit of 8192 bytes",
+        "unsupported reference scheme 's3'",
         "missing headers",
+        "bad id header",
     ):
         assert expected in joined
     assert all(dict(m.headers())["error_stage"] in (b"decode", b"parse") for m in letters)
+
+
+def test_ingest_refuses_a_message_too_large_for_the_broker(
+    broker: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with pytest.raises(MessageTooLarge, match=r"over the broker limit of 2048 .*--by-reference"):
+        KafkaProducer({"bootstrap.servers": broker}, 2048).send("t", b"k", bytes(4096), [])
+    (tmp_path / "listing").mkdir()
+    (tmp_path / "listing" / "big.jpg").write_bytes(jpeg_bytes(0, (400, 300)))
+    monkeypatch.setenv("LOOKALIKE_KAFKA_BOOTSTRAP", broker)
+    monkeypatch.setenv("LOOKALIKE_KAFKA_MAX_MESSAGE_BYTES", "2048")
+    result = CliRunner().invoke(app, ["ingest", "images", str(tmp_path)])
+    assert result.exit_code == 2 and "over the broker limit of 2048" in result.output

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from extract.decode import DecodeError, decode, fetch
+from extract.decode import DecodeError, decode, fetch, probe
 from schemas.messages import URI_LIST, ImageMessage
 from tests.conftest import jpeg_bytes
 
@@ -60,3 +60,27 @@ def test_fetch_explains_missing_and_unsupported_references(tmp_path: Path) -> No
         fetch(_ref((tmp_path / "missing.jpg").as_uri()))
     with pytest.raises(DecodeError, match="unsupported reference scheme 'ftp'"):
         fetch(_ref("ftp://host/a.jpg"))
+
+
+def test_references_over_the_size_limit_are_refused(tmp_path: Path) -> None:
+    path = tmp_path / "big.jpg"
+    path.write_bytes(jpeg_bytes() + b"\0" * 5000)
+    with pytest.raises(DecodeError, match="over the limit of 4096 bytes"):
+        fetch(_ref(path.as_uri()), max_bytes=4096)
+    assert fetch(_ref(path.as_uri()), max_bytes=1_000_000) == path.read_bytes()
+
+
+def test_unreachable_http_references_are_refused() -> None:
+    from ingest.broker import free_port
+
+    with pytest.raises(DecodeError, match=r"cannot read http://127\.0\.0\.1"):
+        fetch(_ref(f"http://127.0.0.1:{free_port()}/a.jpg"), timeout_s=2)
+
+
+def test_probe_reads_the_header_only_and_applies_the_limit() -> None:
+    header = probe(jpeg_bytes(size=(40, 30)), max_pixels=10_000)
+    assert (header.format, header.mode, header.width, header.height) == ("JPEG", "RGB", 40, 30)
+    with pytest.raises(DecodeError, match="over the limit of 1000"):
+        probe(jpeg_bytes(size=(40, 30)), max_pixels=1000)
+    with pytest.raises(DecodeError, match="not a decodable image"):
+        probe(b"plain text", max_pixels=1000)

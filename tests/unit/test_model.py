@@ -71,3 +71,36 @@ def test_weights_from_the_torch_cache_and_from_a_path(tmp_path: Path) -> None:
     random = load_model("resnet50_pool", weights=None, allow_random=True)
     assert random.info.weights.startswith("file:")  # the cache wins over random weights
     assert model_mod.find_weights(spec, None) == cached
+
+
+def test_preprocessing_is_resize_then_centre_crop_as_uint8() -> None:
+    from extract.preprocess import short_side_size, to_uint8
+
+    for image in [*_images(2), _images(1)[0].resize((300, 700)), _images(1)[0].resize((100, 90))]:
+        w, h = short_side_size(image.width, image.height)
+        resized = image.resize((w, h), Image.Resampling.BILINEAR)
+        left, top = (w - 224) // 2, (h - 224) // 2
+        expected = np.asarray(resized.crop((left, top, left + 224, top + 224))).transpose(2, 0, 1)
+        got = to_uint8(image)
+        assert got.dtype == torch.uint8 and got.shape == (3, 224, 224)
+        assert np.abs(got.numpy().astype(int) - expected.astype(int)).max() <= 1
+
+
+def test_normalisation_happens_on_the_device_with_imagenet_statistics() -> None:
+    from tests.conftest import tiny_model
+
+    m = tiny_model()
+    mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+    std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    pixels = torch.randint(0, 256, (2, 3, 8, 8), dtype=torch.uint8)
+    expected = (pixels.float() / 255 - mean) / std
+    torch.testing.assert_close(m.to_device(pixels), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_the_cpu_path_uses_no_cuda_only_features() -> None:
+    m = load_model("resnet50_pool", allow_random=True, device="cpu", amp=True, channels_last=True)
+    assert m.device.type == "cpu" and not m.cuda and not m.amp and not m.channels_last
+    images = _images(2)
+    batch = torch.stack([m.preprocess(i) for i in images])
+    np.testing.assert_allclose(m.embed(batch), m.embed_images(images), atol=1e-6)
+    assert m.info.name == "resnet50_pool" and m.info.weights == "random:seed=0"
