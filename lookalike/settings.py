@@ -66,7 +66,8 @@ class KafkaSettings(BaseSettings):
                 "LOOKALIKE_KAFKA_BOOTSTRAP is not set: give host:port of a Kafka broker "
                 "(`lookalike demo` starts an embedded one by itself)"
             )
-        conf: KafkaConfig = {"bootstrap.servers": self.bootstrap}
+        # Brokers close idle connections routinely: not worth a log line.
+        conf: KafkaConfig = {"bootstrap.servers": self.bootstrap, "log.connection.close": False}
         if self.security_protocol:
             conf["security.protocol"] = self.security_protocol
         if self.sasl_mechanism:
