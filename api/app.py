@@ -30,11 +30,7 @@ STATIC = Path(__file__).parent / "static"
 def build_service() -> SearchService:
     store = stack.configured_store()
     settings = ModelSettings()
-    info = store.get_model(settings.name)
-    if info is None:
-        raise RuntimeError(
-            f"the store holds no vectors of model {settings.name}: run `lookalike extract` first"
-        )
+    info = stack.stored_model(store, settings.name)
     model = stack.configured_model()  # loaded once, before the first request
     return SearchService(store, load_index(store, info, progress=True), lambda: model, settings.max_pixels)
 

@@ -38,8 +38,6 @@ def configured_model(
     extract: ExtractSettings | None = None,
 ) -> FeatureModel:
     m, core, ex = settings or ModelSettings(), core or CoreSettings(), extract or ExtractSettings()
-    if core.production and m.allow_random:
-        log.info("production mode: random weights are refused")
     return load_model(
         m.name,
         weights=m.weights,
@@ -49,6 +47,15 @@ def configured_model(
         amp=ex.amp,
         channels_last=ex.channels_last,
     )
+
+
+def stored_model(store: Store, name: str | None = None) -> ModelInfo:
+    """The model whose vectors the store holds under ``name`` (the configured one by default)."""
+    name = name or ModelSettings().name
+    info = store.get_model(name)
+    if info is None:
+        raise RuntimeError(f"the store holds no vectors of model {name}: run `lookalike extract` first")
+    return info
 
 
 def register_model(store: Store, info: ModelInfo) -> None:

@@ -17,11 +17,10 @@ from store import Store
 
 
 def _service(store: Store, model: str | None = None) -> SearchService:
-    name = model or ModelSettings().name
-    info = store.get_model(name)
-    if info is None:
-        raise RuntimeError(f"the store holds no vectors of model {name}: run `lookalike extract` first")
-    return SearchService(store, load_index(store, info, progress=True), lambda: stack.configured_model())
+    info = stack.stored_model(store, model)
+    return SearchService(
+        store, load_index(store, info, progress=True), stack.configured_model, ModelSettings().max_pixels
+    )
 
 
 def run_search(

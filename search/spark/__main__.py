@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 from lookalike import stack
-from lookalike.settings import ModelSettings, SparkSettings
+from lookalike.settings import SparkSettings
 from schemas.ids import parse_uuid
 from search.scoring import ScoreOptions
 from search.spark import queries
@@ -37,10 +37,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", default=None)
     args = parser.parse_args(argv)
     store = stack.configured_store()
-    name = args.model or ModelSettings().name
-    model = store.get_model(name)
-    if model is None:
-        parser.error(f"the store holds no vectors of model {name}")
+    try:
+        model = stack.stored_model(store, args.model)
+    except RuntimeError as exc:
+        parser.error(str(exc))
     if args.vectors is not None:
         q = queries.from_file(args.vectors, model)
     else:

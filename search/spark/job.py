@@ -10,7 +10,6 @@
 
 from __future__ import annotations
 
-import json
 import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -29,7 +28,7 @@ from search import kernel, scoring
 from search.scoring import ScoreOptions
 from search.spark.cassandra import read_features, uses_connector
 from store import ResultRow, open_store
-from store.base import parse_matches
+from store.base import matches_json, parse_matches
 
 FEATURES_SCHEMA = "listing_id binary, image_id binary, vector binary"
 CANDIDATES_SCHEMA = "query_idx int, listing_id binary, score float, matches string"
@@ -139,7 +138,7 @@ class _Scorer:
                 out["query_idx"].append(q)
                 out["listing_id"].append(as_uuid(listing_ids[i]).bytes)
                 out["score"].append(float(per_listing[i]))
-                out["matches"].append(json.dumps([[str(as_uuid(image_ids[r])), s] for r, s in found]))
+                out["matches"].append(matches_json(tuple((as_uuid(image_ids[r]), s) for r, s in found)))
         yield pa.RecordBatch.from_pydict(out, schema=_candidates_arrow_schema())
 
 
