@@ -3,6 +3,7 @@ and the followers that keep a loaded index fresh."""
 
 from __future__ import annotations
 
+import dataclasses
 import sqlite3
 import time
 import uuid
@@ -13,7 +14,7 @@ import pytest
 from lookalike.settings import SearchSettings
 from schemas.codec import l2_normalise
 from schemas.records import Extracted, ImageRecord, ModelInfo, StockLevel
-from search.engine import UnknownId, load_index
+from search.engine import UnknownId, VectorIndex, load_index
 from search.follow import Follower, StoreScanSource
 from search.scoring import ScoreOptions
 from search.service import Query, SearchService
@@ -48,6 +49,14 @@ def catalogue(sqlite_store):  # type: ignore[no-untyped-def]
     sqlite_store.write_extracted(rows, MODEL.dtype)
     sqlite_store.put_stock(stock)
     return rows, {s.listing_id: s.inventory for s in stock}
+
+
+def holds(index: VectorIndex, image_id: uuid.UUID) -> bool:
+    try:
+        index.image_vector(image_id)
+    except UnknownId:
+        return False
+    return True
 
 
 def stored(rows: list[Extracted]) -> tuple[np.ndarray, list[uuid.UUID]]:
@@ -143,10 +152,14 @@ def test_follower_thread_makes_a_write_searchable(sqlite_store, catalogue) -> No
     assert index.follower is not None
     try:
         new = extracted(np.random.default_rng(6), uuid.uuid4(), 1)
+        # an id ending in NUL: numpy's S16 drops trailing NULs, so raw-bytes comparisons miss it
+        image = dataclasses.replace(new[0].image, image_id=uuid.UUID(bytes=uuid.uuid4().bytes[:15] + b"\0"))
+        new = [dataclasses.replace(new[0], image=image)]
         sqlite_store.write_extracted(new, MODEL.dtype)
         deadline = time.monotonic() + 20
-        while new[0].image.image_id.bytes not in set(index.image_id_array().tolist()):
+        while not holds(index, image.image_id):
             assert time.monotonic() < deadline, "the follower did not pick the write up"
             time.sleep(0.02)
+        assert index.search(new[0].vector, ScoreOptions(k=1))[0].matches[0][0] == image.image_id
     finally:
         index.follower.stop()
