@@ -32,7 +32,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .
 
 typecheck: $(STAMP)
-	$(BIN)/mypy
+	$(BIN)/mypy && $(BIN)/mypy notebooks
 
 check: lint typecheck test
 

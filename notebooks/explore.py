@@ -9,6 +9,7 @@ import numpy as np
 
 from lookalike import stack
 from lookalike.settings import ModelSettings
+from schemas.records import as_uuid
 from search.engine import load_index
 from search.scoring import ScoreOptions
 
@@ -23,9 +24,10 @@ for table in ("features", "images", "listings", "stock_level", "query_results", 
 info = store.get_model(ModelSettings().name)
 assert info is not None, "run `make demo` first"
 index = load_index(store, info)
-per_listing = Counter(bytes(x) for x in index.listing_rows)
+rows = [index.image_vector(as_uuid(i)) for i in index.image_id_array()]
+per_listing = Counter(listing for listing, _ in rows)
 print("images per listing:", sorted(Counter(per_listing.values()).items()))
-query = index.vectors[0]
+query = rows[0][1]
 answer = index.search(query, ScoreOptions(k=index.listing_count))
 scores = np.array([r.score for r in answer])
 print(
