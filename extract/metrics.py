@@ -27,6 +27,7 @@ class Totals:
     images: int = 0
     dead_letters: int = 0
     batches: int = 0
+    removals: int = 0
     lag: int | None = None
 
 
@@ -48,6 +49,9 @@ class ExtractMetrics:
         self._images = Counter("lookalike_extract_images", "Vectors stored", registry=r)
         self._dead = Counter(
             "lookalike_extract_dead_letters", "Messages sent to the dead-letter topic", ["stage"], registry=r
+        )
+        self._removals = Counter(
+            "lookalike_extract_removals", "Image or listing removals applied to the store", registry=r
         )
         self._batches = Counter("lookalike_extract_batches", "Batches stored and committed", registry=r)
         self.images_per_second = Gauge(
@@ -74,11 +78,13 @@ class ExtractMetrics:
         with self._lock:
             self.totals.seconds[name] += seconds
 
-    def stored(self, images: int) -> None:
+    def stored(self, images: int, removals: int = 0) -> None:
         self._images.inc(images)
+        self._removals.inc(removals)
         self._batches.inc()
         with self._lock:
             self.totals.images += images
+            self.totals.removals += removals
             self.totals.batches += 1
 
     def dead_lettered(self, stage: str) -> None:

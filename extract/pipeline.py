@@ -39,6 +39,7 @@ from extract.worker import (
     extracted,
 )
 from extract.writer import StoreWriter
+from schemas.messages import DeleteMessage
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -59,6 +60,8 @@ class _Job:
     batch: Sequence[Message]
     futures: list[Future[Outcome]]
     good: list[Decoded | Encoded] = field(default_factory=list)
+    good_at: list[int] = field(default_factory=list)  # each good item's position in the batch
+    removals: list[tuple[int, DeleteMessage]] = field(default_factory=list)
     rejected: list[Rejected] = field(default_factory=list)
     vectors: PendingVectors | None = None
     infer_s: float = 0.0
@@ -168,9 +171,12 @@ class ExtractPipeline:
             redone = iter(self._pool.map(lambda r: decode_message(r, cpu), again))
             outcomes = [next(redone) if isinstance(o, Encoded) else o for o in outcomes]
             encoded = []
+        decoded_at = [n for n, o in enumerate(outcomes) if isinstance(o, Decoded)]
+        encoded_at = [n for n, o in enumerate(outcomes) if isinstance(o, Encoded)]
         decoded = [o for o in outcomes if isinstance(o, Decoded)]
         job.rejected = [o for o in outcomes if isinstance(o, Rejected)]
-        job.good = [*decoded, *encoded]
+        job.removals = [(n, o) for n, o in enumerate(outcomes) if isinstance(o, DeleteMessage)]
+        job.good, job.good_at = [*decoded, *encoded], [*decoded_at, *encoded_at]
         parts = [stack_uint8([d.pixels for d in decoded], pin=self.model.cuda)] if decoded else []
         if on_device is not None:
             parts.append(on_device)
@@ -194,14 +200,14 @@ class ExtractPipeline:
             self.metrics.stage("infer", job.infer_s + time.perf_counter() - started)
             rows = [extracted(g, v, self.model.info.name) for g, v in zip(job.good, vectors, strict=True)]
             started = time.perf_counter()
-            self.writer.write(rows)
+            self.writer.apply(list(zip(job.good_at, rows, strict=True)), job.removals)
             self.metrics.stage("write", time.perf_counter() - started)
             started = time.perf_counter()
             self.dead_letters.send(job.rejected)
             self.metrics.stage("dlq", time.perf_counter() - started)
             for r in job.rejected:
                 self.metrics.dead_lettered(r.stage)
-            self.metrics.stored(len(rows))
+            self.metrics.stored(len(rows), len(job.removals))
             with self._cond:
                 self._done.append(job.batch)
                 self._in_flight -= len(job.batch)

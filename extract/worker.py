@@ -15,7 +15,7 @@ from confluent_kafka import Message
 from extract.decode import MAX_REFERENCE_BYTES, DecodeError, decode, fetch, probe
 from extract.preprocess import to_uint8
 from ingest.producer import KafkaProducer
-from schemas.messages import ImageMessage, MessageError
+from schemas.messages import DeleteMessage, ImageMessage, MessageError, parse_image_topic
 from schemas.records import Extracted, ImageRecord
 
 log = logging.getLogger(__name__)
@@ -62,15 +62,17 @@ class Rejected:
     reason: str
 
 
-Outcome = Decoded | Encoded | Rejected
+Outcome = Decoded | Encoded | Rejected | DeleteMessage
 
 
 def decode_message(raw: Message, opts: DecodeOptions) -> Outcome:
-    """Kafka message -> pixels, or the reason it cannot become pixels."""
+    """Kafka message -> pixels, a removal to apply, or the reason it cannot become pixels."""
     try:
-        message = ImageMessage.from_kafka(raw.headers(), raw.value())
+        message = parse_image_topic(raw.headers(), raw.value())
     except MessageError as exc:
         return Rejected(raw, "parse", str(exc))
+    if isinstance(message, DeleteMessage):
+        return message
     try:
         return decode_image(message, opts)
     except DecodeError as exc:

@@ -1,11 +1,12 @@
 """Store writer: a batch is written with retries and backoff; the caller commits Kafka
-offsets only after this returns."""
+offsets only after this returns. Removals are applied in stream order with the batch's rows."""
 
 from __future__ import annotations
 
 import logging
 import sqlite3
 from collections.abc import Sequence
+from operator import itemgetter
 
 from tenacity import Retrying as _Retrying
 from tenacity import (
@@ -16,6 +17,7 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
+from schemas.messages import DeleteMessage
 from schemas.records import Extracted
 from store import Store, StoreUnavailable
 
@@ -39,3 +41,25 @@ class StoreWriter:
     def write(self, batch: Sequence[Extracted]) -> None:
         if batch:
             self._retrying(self.store.write_extracted, batch, self.dtype)
+
+    def delete(self, removal: DeleteMessage) -> None:
+        if removal.image_id is None:
+            self._retrying(self.store.delete_listing, removal.listing_id)
+        else:
+            self._retrying(self.store.delete_images, removal.listing_id, [removal.image_id])
+
+    def apply(
+        self, rows: Sequence[tuple[int, Extracted]], removals: Sequence[tuple[int, DeleteMessage]]
+    ) -> None:
+        """Rows and removals by their position in the batch: a removal deletes what came
+        before it and nothing after; consecutive rows are written together."""
+        ops: list[tuple[int, Extracted | DeleteMessage]] = [*rows, *removals]
+        run: list[Extracted] = []
+        for _, item in sorted(ops, key=itemgetter(0)):
+            if isinstance(item, DeleteMessage):
+                self.write(run)
+                run = []
+                self.delete(item)
+            else:
+                run.append(item)
+        self.write(run)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -122,6 +123,32 @@ def ingest_stock(
     except (CatalogueError, ValueError) as exc:
         _fail(str(exc))
     console.print(f"produced {n} stock levels to {kafka.stock_topic}")
+
+
+@ingest_app.command("remove")
+def ingest_remove(
+    listing_id: Annotated[str | None, typer.Option(help="remove this listing and all its images")] = None,
+    image_id: Annotated[str | None, typer.Option(help="remove this one image")] = None,
+) -> None:
+    """Remove a listing or an image: the workers apply it after the listing's earlier uploads."""
+    from ingest.producer import KafkaProducer
+    from ingest.remove import UnknownTarget, removal
+    from store import StoreError, open_store
+
+    kafka = KafkaSettings()
+    try:
+        ids = [None if x is None else uuid.UUID(x) for x in (listing_id, image_id)]
+        store = open_store(CoreSettings().store_url())
+        try:
+            message = removal(store, *ids)
+        finally:
+            store.close()
+        with KafkaProducer(kafka.client_config(), kafka.max_message_bytes) as producer:
+            producer.send(kafka.images_topic, message.key(), b"", message.headers())
+    except (UnknownTarget, StoreError, ValueError) as exc:
+        _fail(str(exc))
+    what = f"image {message.image_id}" if message.image_id else "listing"
+    console.print(f"removal of {what} of listing {message.listing_id} produced to {kafka.images_topic}")
 
 
 @app.command()

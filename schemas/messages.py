@@ -5,19 +5,27 @@ image bytes, or a reference URI (``file://``, ``http(s)://``) with content type
 ``text/uri-list``; ids, names and content type travel in headers.
 ``lookalike.stock``: key = listing_id; value = JSON ``{"listing_id", "inventory", "etag"}``.
 ``lookalike.images.dlq``: the original message, plus ``error`` and ``error_stage`` headers.
+
+A removal travels on ``lookalike.images`` too, so it is ordered with the listing's uploads (same
+key, same partition): header ``op: delete``, an empty value, ``image_id`` for one image or no
+``image_id`` for the whole listing. Workers apply it to the store in stream order; index
+followers drop the images at once.
 """
 
 from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from schemas.records import StockLevel
 
 FORMAT_VERSION = "1"
 URI_LIST = "text/uri-list"
+UPSERT, DELETE = "upsert", "delete"  # the ``op`` header of lookalike.images (absent: upsert)
 Headers = list[tuple[str, str | bytes | None]]
+RawHeaders = Headers | Mapping[str, str | bytes | None] | None  # as the client hands them over
 
 
 class MessageError(ValueError):
@@ -51,11 +59,8 @@ class ImageMessage:
         ]
 
     @staticmethod
-    def from_kafka(
-        headers: Headers | dict[str, str | bytes | None] | None, value: bytes | None
-    ) -> ImageMessage:
-        pairs = headers.items() if isinstance(headers, dict) else headers or []
-        h = {k: v if isinstance(v, str) else v.decode("utf-8", "replace") for k, v in pairs if v is not None}
+    def from_kafka(headers: RawHeaders, value: bytes | None) -> ImageMessage:
+        h = _text_headers(headers)
         missing = [k for k in ("listing_id", "image_id", "content_type") if k not in h]
         if missing:
             raise MessageError(f"missing headers {missing}")
@@ -68,6 +73,48 @@ class ImageMessage:
         return ImageMessage(
             listing, image, h.get("listing_name", ""), h["content_type"], h.get("source", ""), value
         )
+
+
+@dataclass(frozen=True)
+class DeleteMessage:
+    listing_id: uuid.UUID
+    image_id: uuid.UUID | None = None  # None: the whole listing
+
+    def key(self) -> bytes:
+        return str(self.listing_id).encode()
+
+    def headers(self) -> Headers:
+        image = [("image_id", str(self.image_id).encode())] if self.image_id else []
+        return [
+            ("format", FORMAT_VERSION.encode()),
+            ("op", DELETE.encode()),
+            ("listing_id", str(self.listing_id).encode()),
+            *image,
+        ]
+
+
+def parse_image_topic(headers: RawHeaders, value: bytes | None) -> ImageMessage | DeleteMessage:
+    """A message of ``lookalike.images``: an image to extract, or a removal."""
+    h = _text_headers(headers)
+    if h.get("op", UPSERT) == UPSERT:
+        return ImageMessage.from_kafka(h, value)
+    if h["op"] != DELETE:
+        raise MessageError(f"unknown op {h['op']!r} (expected {UPSERT!r} or {DELETE!r})")
+    if value:
+        raise MessageError("a delete carries no value")
+    try:
+        listing = uuid.UUID(h["listing_id"])
+        image = uuid.UUID(h["image_id"]) if "image_id" in h else None
+    except KeyError:
+        raise MessageError("a delete needs a listing_id header") from None
+    except ValueError as exc:
+        raise MessageError(f"bad id header: {exc}") from None
+    return DeleteMessage(listing, image)
+
+
+def _text_headers(headers: RawHeaders) -> dict[str, str]:
+    pairs = headers.items() if isinstance(headers, Mapping) else headers or []
+    return {k: v if isinstance(v, str) else v.decode("utf-8", "replace") for k, v in pairs if v is not None}
 
 
 def stock_value(level: StockLevel) -> bytes:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import numpy as np
@@ -26,11 +26,14 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Changes:
+    """Removals apply before upserts."""
+
     upserts: FeatureBatch
     removed_images: npt.NDArray[np.bytes_]  # S16
+    removed_listings: npt.NDArray[np.bytes_] = field(default_factory=lambda: np.zeros(0, "S16"))
 
     def __len__(self) -> int:
-        return len(self.upserts) + len(self.removed_images)
+        return len(self.upserts) + len(self.removed_images) + len(self.removed_listings)
 
 
 class ChangeSource(Protocol):
@@ -59,6 +62,8 @@ class StoreScanSource:
 
 
 def apply(index: VectorIndex, changes: Changes) -> None:
+    if len(changes.removed_listings):
+        index.remove_listings(as_uuid(i) for i in changes.removed_listings)
     if len(changes.removed_images):
         index.remove_images(as_uuid(i) for i in changes.removed_images)
     if len(changes.upserts):

@@ -1,6 +1,7 @@
 """Following the extract stream: the ids of images on ``lookalike.images`` say what is about to
 be extracted; once a worker has stored an image's vector it is read (one listing slice) and
-added to the index. A poll costs what changed, not a scan of the store.
+added to the index. A removal on the topic drops the image or listing at once (and any of its
+images still waiting). A poll costs what changed, not a scan of the store.
 
 The follower reads the topic from a point in time (a little before the index was loaded) with
 its own consumer that never commits, so every API replica sees every image.
@@ -19,7 +20,7 @@ import numpy.typing as npt
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
 
 from lookalike.settings import KafkaConfig
-from schemas.messages import ImageMessage, MessageError
+from schemas.messages import ImageMessage, MessageError, parse_image_topic
 from schemas.records import FeatureBatch, ModelInfo
 from search.engine import VectorIndex
 from search.follow import Changes
@@ -71,11 +72,14 @@ class ImageStreamSource:
         self._consumer.assign(start)
 
     def poll(self) -> Changes:
-        self._read_announcements()
-        return Changes(self._stored_vectors(), np.zeros(0, dtype="S16"))
+        removed_images, removed_listings = self._read_announcements()
+        return Changes(self._stored_vectors(), _ids(removed_images), _ids(removed_listings))
 
-    def _read_announcements(self, max_messages: int = 1000) -> None:
+    def _read_announcements(self, max_messages: int = 1000) -> tuple[list[uuid.UUID], list[uuid.UUID]]:
+        """Announced images become pending; returns the images and listings removed."""
         now = time.monotonic()
+        removed_images: list[uuid.UUID] = []
+        removed_listings: list[uuid.UUID] = []
         for m in self._consumer.consume(max_messages, timeout=0.05):
             err = m.error()
             if err is not None:
@@ -83,10 +87,19 @@ class ImageStreamSource:
                     continue
                 raise KafkaException(err)
             try:
-                msg = ImageMessage.from_kafka(m.headers(), m.value())
+                msg = parse_image_topic(m.headers(), m.value())
             except MessageError:
                 continue  # the workers dead-letter it; nothing will be stored
-            self.pending.setdefault(msg.image_id, (msg.listing_id, now))
+            if isinstance(msg, ImageMessage):
+                self.pending.setdefault(msg.image_id, (msg.listing_id, now))
+            elif msg.image_id is not None:
+                self.pending.pop(msg.image_id, None)
+                removed_images.append(msg.image_id)
+            else:
+                for image in [i for i, (listing, _) in self.pending.items() if listing == msg.listing_id]:
+                    del self.pending[image]
+                removed_listings.append(msg.listing_id)
+        return removed_images, removed_listings
 
     def _stored_vectors(self) -> FeatureBatch:
         if not self.pending:

@@ -77,6 +77,15 @@ class Store(Protocol):
         """Upsert images, listings and features of a batch; idempotent."""
         ...
 
+    def delete_images(self, listing_id: uuid.UUID, image_ids: Sequence[uuid.UUID]) -> None:
+        """Remove these images of one listing (their records and vectors of every model);
+        idempotent, unknown ids are ignored."""
+        ...
+
+    def delete_listing(self, listing_id: uuid.UUID) -> None:
+        """Remove a listing: its images, vectors, name and stock; idempotent."""
+        ...
+
     def existing_images(self, image_ids: Sequence[uuid.UUID], model: str) -> set[uuid.UUID]:
         """Which of these images already have a vector of this model."""
         ...

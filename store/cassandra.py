@@ -39,6 +39,14 @@ INSERT_IMAGE = (
 )
 INSERT_IMAGE_BY_ID = "INSERT INTO images_by_id (image_id, listing_id) VALUES (?, ?)"
 INSERT_LISTING = "INSERT INTO listings (listing_id, name, updated_at) VALUES (?, ?, ?)"
+SELECT_FEATURE_KEYS = "SELECT model, image_id FROM features WHERE listing_id = ?"
+SELECT_LISTING_IMAGE_IDS = "SELECT image_id FROM images WHERE listing_id = ?"
+DELETE_FEATURE = "DELETE FROM features WHERE listing_id = ? AND model = ? AND image_id = ?"
+DELETE_IMAGE = "DELETE FROM images WHERE listing_id = ? AND image_id = ?"
+DELETE_IMAGE_BY_ID = "DELETE FROM images_by_id WHERE image_id = ?"
+DELETE_LISTING_PARTITIONS = tuple(
+    f"DELETE FROM {table} WHERE listing_id = ?" for table in ("features", "images", "listings", "stock_level")
+)
 SELECT_IMAGE_LISTING = "SELECT listing_id FROM images_by_id WHERE image_id = ?"
 SELECT_IMAGE = (
     "SELECT listing_id, image_id, uri, content_type, width, height, size_bytes, ingested_at "
@@ -138,6 +146,28 @@ class CassandraStore:
         rest.extend((INSERT_LISTING, (lid, name, now)) for lid, name in names.items())
         self._cql.execute_many(rest, write=True)
         self._cql.execute_many(features, write=True)
+
+    def delete_images(self, listing_id: uuid.UUID, image_ids: Sequence[uuid.UUID]) -> None:
+        """Vectors first, the reverse of ``write_extracted``: an image whose vector is still
+        there still has its record. The listing's feature keys are read (no vectors) to find
+        every model's row, since ``model`` precedes ``image_id`` in the clustering key."""
+        gone = set(image_ids)
+        keys = [(m, i) for m, i in self._cql.rows(SELECT_FEATURE_KEYS, (listing_id,)) if i in gone]
+        self._cql.execute_many([(DELETE_FEATURE, (listing_id, m, i)) for m, i in keys], write=True)
+        self._cql.execute_many(
+            [
+                *((DELETE_IMAGE, (listing_id, i)) for i in gone),
+                *((DELETE_IMAGE_BY_ID, (i,)) for i in gone),
+            ],
+            write=True,
+        )
+
+    def delete_listing(self, listing_id: uuid.UUID) -> None:
+        """Partition deletes (one tombstone each), after the listing's ``images_by_id`` rows,
+        which are found through its images partition."""
+        images = [row[0] for row in self._cql.rows(SELECT_LISTING_IMAGE_IDS, (listing_id,))]
+        self._cql.execute_many([(DELETE_IMAGE_BY_ID, (i,)) for i in images], write=True)
+        self._cql.execute_many([(cql, (listing_id,)) for cql in DELETE_LISTING_PARTITIONS], write=True)
 
     def existing_images(self, image_ids: Sequence[uuid.UUID], model: str) -> set[uuid.UUID]:
         ids = list(dict.fromkeys(image_ids))

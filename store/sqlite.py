@@ -157,6 +157,26 @@ class SQLiteStore:
                 [(k, name, t) for k, (name, t) in listings.items()],
             )
 
+    def delete_images(self, listing_id: uuid.UUID, image_ids: Sequence[uuid.UUID]) -> None:
+        keys = [(listing_id.bytes, i.bytes) for i in image_ids]
+        with self._lock, self._db:
+            self._db.executemany("DELETE FROM features WHERE listing_id = ? AND image_id = ?", keys)
+            self._db.executemany("DELETE FROM images WHERE listing_id = ? AND image_id = ?", keys)
+            by_id = [(i, lid) for lid, i in keys]
+            self._db.executemany("DELETE FROM images_by_id WHERE image_id = ? AND listing_id = ?", by_id)
+
+    def delete_listing(self, listing_id: uuid.UUID) -> None:
+        key = (listing_id.bytes,)
+        with self._lock, self._db:
+            self._db.execute("DELETE FROM features WHERE listing_id = ?", key)
+            self._db.execute(  # images_by_id is keyed by image: find them through images
+                "DELETE FROM images_by_id WHERE image_id IN"
+                " (SELECT image_id FROM images WHERE listing_id = ?)",
+                key,
+            )
+            for table in ("images", "listings", "stock_level"):
+                self._db.execute(f"DELETE FROM {table} WHERE listing_id = ?", key)
+
     def existing_images(self, image_ids: Sequence[uuid.UUID], model: str) -> set[uuid.UUID]:
         found: set[uuid.UUID] = set()
         with self._lock:

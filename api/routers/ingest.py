@@ -1,4 +1,5 @@
-"""Ingest over HTTP (API key required): an image upload into Kafka, a stock update."""
+"""Ingest over HTTP (API key required): an image upload into Kafka, a stock update, and the
+removal of an image or a listing."""
 
 from __future__ import annotations
 
@@ -14,9 +15,11 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from api.deps import Service, Settings, require_key
 from api.producer import ApiProducer, BrokerUnavailable
+from ingest.remove import UnknownTarget, removal
 from schemas import ids
 from schemas.messages import Headers, ImageMessage, stock_value
 from schemas.records import StockLevel
+from search.service import SearchService
 
 router = APIRouter(tags=["ingest"], dependencies=[Depends(require_key)])
 
@@ -79,6 +82,35 @@ async def update_stock(update: StockUpdate, producer: Producer) -> Accepted:
     level = StockLevel(lid, update.inventory, uuid.uuid4())
     await _send(producer, producer.kafka.stock_topic, str(lid).encode(), stock_value(level), [])
     return Accepted(listing_id=lid, topic=producer.kafka.stock_topic)
+
+
+@router.delete("/images/{image_id}", status_code=202, response_model=Accepted)
+async def remove_image(image_id: uuid.UUID, producer: Producer, service: Service) -> Accepted:
+    """Remove an image: gone from this replica's results at once, from the store (and the
+    other replicas) once the workers reach the removal, after the listing's earlier uploads."""
+    return await _remove(producer, service, None, image_id)
+
+
+@router.delete("/listings/{listing_id}", status_code=202, response_model=Accepted)
+async def remove_listing(listing_id: uuid.UUID, producer: Producer, service: Service) -> Accepted:
+    """Remove a listing with its images, vectors and stock, as an image removal does."""
+    return await _remove(producer, service, listing_id, None)
+
+
+async def _remove(
+    producer: ApiProducer, service: SearchService, listing_id: uuid.UUID | None, image_id: uuid.UUID | None
+) -> Accepted:
+    try:
+        message = await run_in_threadpool(removal, service.store, listing_id, image_id)
+    except UnknownTarget as exc:
+        raise HTTPException(404, str(exc)) from None
+    topic = producer.kafka.images_topic
+    await _send(producer, topic, message.key(), b"", message.headers())
+    if message.image_id is None:
+        service.index.remove_listing(message.listing_id)
+    else:
+        service.index.remove_images([message.image_id])
+    return Accepted(listing_id=message.listing_id, image_id=message.image_id, topic=topic)
 
 
 async def _send(producer: ApiProducer, topic: str, key: bytes, value: bytes, headers: Headers) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import uuid
 from pathlib import Path
 
 import pytest
@@ -18,8 +19,8 @@ from api.producer import ApiProducer
 from lookalike.consumer import consumer_config
 from lookalike.settings import ApiSettings, KafkaSettings
 from schemas import ids
-from schemas.messages import ImageMessage
-from tests.integration.test_api import seeded_service
+from schemas.messages import DeleteMessage, ImageMessage, parse_image_topic
+from tests.integration.test_api import LISTINGS, seeded_service
 
 pytestmark = pytest.mark.integration
 KEY = {"X-API-Key": "k"}
@@ -73,3 +74,37 @@ def test_upload_and_stock_reach_the_broker(broker: str, sqlite_store, tmp_path: 
     assert images[0].key() == str(ids.listing_id("red car")).encode()
     (level,) = _read(broker, kafka.stock_topic, 1)
     assert json.loads(level.value())["inventory"] == 3
+
+
+def test_removals_reach_the_broker_and_leave_the_results_at_once(  # type: ignore[no-untyped-def]
+    broker: str, sqlite_store, tmp_path: Path, unique: str
+) -> None:
+    from ingest.broker import ensure_topics
+
+    kafka = KafkaSettings(bootstrap=broker, images_topic=f"img-{unique}")
+    ensure_topics(kafka.client_config(), [kafka.images_topic], 2)
+    service = seeded_service(sqlite_store, tmp_path)
+    app = create_app(service, ApiSettings(keys=[SecretStr("k")]), ApiProducer(kafka))
+    image_listing, gone_listing = LISTINGS["listing-3"], LISTINGS["listing-4"]
+    image = sqlite_store.listing_images(image_listing)[0].image_id
+    with TestClient(app) as c:
+        assert c.delete(f"/v1/images/{image}").status_code == 401
+        unknown = c.delete(f"/v1/images/{uuid.uuid4()}", headers=KEY)
+        assert unknown.status_code == 404 and "is not stored" in unknown.text
+        assert c.delete(f"/v1/listings/{uuid.uuid4()}", headers=KEY).status_code == 404
+        assert c.delete("/v1/images/not-a-uuid", headers=KEY).status_code == 422
+
+        r = c.delete(f"/v1/images/{image}", headers=KEY)
+        assert r.status_code == 202, r.text
+        assert r.json()["listing_id"] == str(image_listing)
+        assert c.post("/v1/search", json={"image_id": str(image)}).status_code == 404
+        assert c.delete(f"/v1/listings/{gone_listing}", headers=KEY).status_code == 202
+        assert c.post("/v1/search", json={"listing_id": str(gone_listing)}).status_code == 404
+        results = c.post("/v1/search", json={"listing_id": str(image_listing), "k": 10}).json()["results"]
+        assert str(gone_listing) not in [x["listing_id"] for x in results]
+        assert len(results) == 3  # five listings, less the query's own and the removed one
+
+    removals = [parse_image_topic(m.headers(), m.value()) for m in _read(broker, kafka.images_topic, 2)]
+    assert sorted(removals, key=str) == sorted(
+        [DeleteMessage(image_listing, image), DeleteMessage(gone_listing)], key=str
+    )

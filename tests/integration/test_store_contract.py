@@ -275,6 +275,68 @@ def test_existing_images_per_model(store: Store) -> None:
     assert store.existing_images([], model.name) == set()
 
 
+# -- removals ------------------------------------------------------------------------------
+def deltas(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
+    return {table: before[table] - after[table] for table in COUNTED}
+
+
+def test_delete_images_removes_them_for_every_model_and_nothing_else(store: Store) -> None:
+    model, other = new_model(), new_model()
+    batch = extracted(model, [3, 2])
+    store.write_extracted(batch, model.dtype)
+    gone = batch[0]
+    store.write_extracted([Extracted(gone.image, "listing 0", other.name, gone.vector)], other.dtype)
+    listing = gone.image.listing_id
+    before = counts(store)
+
+    store.delete_images(listing, [gone.image.image_id, uuid.uuid4()])
+    store.delete_images(listing, [gone.image.image_id])  # idempotent
+
+    assert deltas(before, counts(store)) == {
+        "features": 2,  # both models' vectors
+        "images": 1,
+        "images_by_id": 1,
+        "listings": 0,
+        "stock_level": 0,
+        "models": 0,
+    }
+    assert store.image_listing(gone.image.image_id) is None
+    assert store.image_record(gone.image.image_id) is None
+    rest = sorted(e.image.image_id for e in batch[1:3])
+    assert sorted(uuids(store.listing_features(listing, model).image_ids)) == rest
+    assert store.existing_images([e.image.image_id for e in batch], model.name) == {
+        e.image.image_id for e in batch[1:]
+    }
+    assert len(store.listing_features(listing, other)) == 0
+
+
+def test_delete_listing_removes_its_images_vectors_name_and_stock(store: Store) -> None:
+    model = new_model()
+    batch = extracted(model, [3, 2])
+    store.write_extracted(batch, model.dtype)
+    gone, kept = batch[0].image.listing_id, batch[3].image.listing_id
+    store.put_stock([StockLevel(gone, 4, uuid.uuid4()), StockLevel(kept, 1, uuid.uuid4())])
+    before = counts(store)
+
+    store.delete_listing(gone)
+    store.delete_listing(gone)  # idempotent
+    store.delete_listing(uuid.uuid4())  # unknown: nothing to do
+
+    assert deltas(before, counts(store)) == {
+        "features": 3,
+        "images": 3,
+        "images_by_id": 3,
+        "listings": 1,
+        "stock_level": 1,
+        "models": 0,
+    }
+    assert store.listing_images(gone) == []
+    assert dict(store.listing_names([gone, kept])) == {kept: "listing 1"}
+    assert set(store.get_stock([gone, kept])) == {kept}
+    assert all(store.image_listing(e.image.image_id) is None for e in batch[:3])
+    assert {lid for lid, _, _ in rows_of(list(store.scan_features(model)))} == {kept}
+
+
 # -- scans ---------------------------------------------------------------------------------
 @pytest.mark.parametrize("shards", [1, 3, 7])
 def test_shards_together_hold_every_row_once(store: Store, shards: int) -> None:

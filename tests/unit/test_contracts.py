@@ -9,7 +9,14 @@ import pytest
 
 from lookalike.settings import CoreSettings, KafkaSettings, check_environment
 from schemas import codec, ids
-from schemas.messages import ImageMessage, MessageError, parse_stock, stock_value
+from schemas.messages import (
+    DeleteMessage,
+    ImageMessage,
+    MessageError,
+    parse_image_topic,
+    parse_stock,
+    stock_value,
+)
 from schemas.records import StockLevel, as_uuid
 
 
@@ -86,6 +93,30 @@ def test_image_message_rejects_broken_messages(
 ) -> None:
     with pytest.raises(MessageError, match=reason):
         ImageMessage.from_kafka(headers, value)
+
+
+@pytest.mark.parametrize("image_id", [uuid.uuid4(), None])
+def test_removals_round_trip_and_images_still_parse(image_id: uuid.UUID | None) -> None:
+    removal = DeleteMessage(uuid.uuid4(), image_id)
+    assert parse_image_topic(removal.headers(), b"") == removal
+    assert parse_image_topic(removal.headers(), None) == removal
+    assert removal.key() == str(removal.listing_id).encode()
+    image = ImageMessage(uuid.uuid4(), uuid.uuid4(), "car", "image/png", "upload", b"png")
+    assert parse_image_topic(image.headers(), image.payload) == image  # no op header: an upsert
+
+
+@pytest.mark.parametrize(
+    ("headers", "value", "reason"),
+    [
+        ([("op", b"delete"), ("listing_id", str(uuid.uuid4()).encode())], b"x", "carries no value"),
+        ([("op", b"delete")], b"", "needs a listing_id"),
+        ([("op", b"delete"), ("listing_id", b"zz")], b"", "bad id"),
+        ([("op", b"rename"), ("listing_id", str(uuid.uuid4()).encode())], b"", "unknown op 'rename'"),
+    ],
+)
+def test_broken_removals_are_rejected(headers: list[tuple[str, bytes]], value: bytes, reason: str) -> None:
+    with pytest.raises(MessageError, match=reason):
+        parse_image_topic(headers, value)
 
 
 def test_stock_message_round_trip_and_errors() -> None:

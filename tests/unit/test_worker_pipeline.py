@@ -22,7 +22,7 @@ from extract.model import FeatureModel
 from extract.pipeline import ExtractPipeline, PipelineFailed
 from extract.worker import DeadLetters, DecodeOptions, decode_message
 from extract.writer import StoreWriter
-from schemas.messages import ImageMessage
+from schemas.messages import DeleteMessage, Headers, ImageMessage
 from schemas.records import Extracted
 from store import StoreError
 from store.sqlite import SQLiteStore
@@ -80,9 +80,23 @@ def png_bytes(seed: int) -> bytes:
     return buf.getvalue()
 
 
-def image_message(offset: int, payload: bytes, content_type: str = "image/jpeg") -> FakeMessage:
-    m = ImageMessage(uuid.uuid4(), uuid.uuid4(), "listing", content_type, "test", payload)
-    return FakeMessage(m.payload, [(k, v if isinstance(v, bytes) else b"") for k, v in m.headers()], offset)
+def image_message(
+    offset: int,
+    payload: bytes,
+    content_type: str = "image/jpeg",
+    listing: uuid.UUID | None = None,
+    image: uuid.UUID | None = None,
+) -> FakeMessage:
+    m = ImageMessage(listing or uuid.uuid4(), image or uuid.uuid4(), "listing", content_type, "test", payload)
+    return FakeMessage(m.payload, _headers(m.headers()), offset)
+
+
+def removal_message(offset: int, listing: uuid.UUID, image: uuid.UUID | None = None) -> FakeMessage:
+    return FakeMessage(b"", _headers(DeleteMessage(listing, image).headers()), offset)
+
+
+def _headers(headers: Headers) -> list[tuple[str, bytes]]:
+    return [(k, v if isinstance(v, bytes) else b"") for k, v in headers]
 
 
 def batches(n: int, size: int = 4) -> list[list[FakeMessage]]:
@@ -322,3 +336,30 @@ def test_a_failing_batched_decode_falls_back_to_pillow(
     assert sqlite_store.count("features") == 4 and h.producer.sent == []
     vectors = sqlite_store.listing_features(_listing(work[0][0]), h.model.info).vectors
     assert np.all(np.isfinite(vectors))
+
+
+def test_removals_apply_in_stream_order_with_the_uploads(harness: Harness, sqlite_store: SQLiteStore) -> None:
+    listing, other = uuid.uuid4(), uuid.uuid4()
+    a, b, c, d, e = (uuid.uuid4() for _ in range(5))
+    harness.run([[image_message(0, jpeg_bytes(0), listing=listing, image=c)]])
+    harness.run(
+        [
+            [
+                image_message(1, jpeg_bytes(1), listing=listing, image=a),
+                image_message(2, jpeg_bytes(2), listing=listing, image=b),
+                removal_message(3, listing, a),  # after its upload: a is gone
+                removal_message(4, listing, c),  # stored by an earlier batch: gone...
+                image_message(5, jpeg_bytes(5), listing=listing, image=c),  # ...and uploaded again
+            ],
+            [
+                image_message(6, jpeg_bytes(6), listing=other, image=d),
+                removal_message(7, other),  # the whole listing, with d
+                image_message(8, jpeg_bytes(8), listing=other, image=e),  # a new start
+            ],
+        ]
+    )
+    held = {i.image_id for lid in (listing, other) for i in sqlite_store.listing_images(lid)}
+    assert held == {b, c, e}
+    assert sqlite_store.existing_images([a, b, c, d, e], harness.model.info.name) == {b, c, e}
+    assert harness.metrics.totals.removals == 3
+    assert harness.producer.sent == []  # removals are not dead letters
