@@ -6,6 +6,7 @@ from __future__ import annotations
 import tempfile
 import time
 import uuid
+import warnings
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +28,8 @@ from search.spark.session import spark_scope
 from store import open_store
 
 PARTITIONS = 8
+# pyspark looks for pandas-UDF type hints on every typed function; these are plain row UDFs
+warnings.filterwarnings("ignore", "Cannot infer the eval type", UserWarning)
 
 
 @dataclass(frozen=True)
