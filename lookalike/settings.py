@@ -130,6 +130,9 @@ class SearchSettings(BaseSettings):
 
     dtype: Literal["float16", "float32"] = "float16"  # vectors held in memory
     mode: Literal["exact", "approximate"] = "exact"
+    # exact, one query: FAISS flat finds the best images, their listings are rescored, and the
+    # answer is kept when provably exact (else a full scan); off: always the full scan
+    exact_first_pass: bool = True
     ann: Literal["ivf_flat", "ivf_pq", "hnsw"] = "ivf_flat"  # the approximate index
     nlist: int = Field(default=0, ge=0)  # IVF lists; 0: about sqrt(rows)
     nprobe: int = Field(default=16, ge=1)  # IVF lists scanned per query

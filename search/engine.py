@@ -24,7 +24,7 @@ from rich.progress import Progress
 from lookalike.settings import SearchSettings
 from schemas.codec import l2_normalise, numpy_dtype
 from schemas.records import FeatureBatch, ModelInfo, as_uuid
-from search import ann, kernel, scoring
+from search import ann, flat, kernel, scoring
 from search.scoring import ScoreOptions
 from search.segment import Segment, View, make_view
 from store import Store
@@ -64,6 +64,7 @@ class VectorIndex:
         self._view = make_view(empty, np.ones(0, bool), empty, None)
         self.recall_at_10: float | None = None  # measured when an ANN is built
         self.follower: Any = None  # a search.follow.Follower keeping this index fresh, if any
+        self.first_pass = {"kept": 0, "full_scan": 0}  # exact single queries, by path taken
 
     # -- shape ----------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -126,7 +127,8 @@ class VectorIndex:
         """Replace everything with these rows, as one main segment (and its ANN)."""
         with self._lock:
             empty = Segment.empty(self.dtype, self.model.dim)
-            self._compact(empty, np.ones(0, bool), Segment.build(parts, self.dtype, self.model.dim))
+            loaded = Segment.build(parts, self.dtype, self.model.dim, with_flat=True)
+            self._compact(empty, np.ones(0, bool), loaded)
 
     def compact(self) -> None:
         """Merge the fresh segment into the main one (rebuilding the ANN, if any)."""
@@ -135,13 +137,13 @@ class VectorIndex:
             self._compact(v.main, v.main_alive, v.fresh)
 
     def _compact(self, main: Segment, alive: npt.NDArray[np.bool_], fresh: Segment) -> None:
-        if len(main) == 0:
+        if len(main) == 0 and fresh.flat is not None:
             merged = fresh
-        elif len(fresh) == 0 and alive.all():
+        elif len(fresh) == 0 and alive.all() and main.flat is not None:
             merged = main
-        else:
+        else:  # the main segment's vectors live in its FAISS flat index
             live = np.concatenate([alive, np.ones(len(fresh), dtype=bool)])
-            merged = Segment.build([main, fresh], self.dtype, self.model.dim, live)
+            merged = Segment.build([main, fresh], self.dtype, self.model.dim, live, with_flat=True)
         index = None
         if self.settings.mode == "approximate" and len(merged):
             index = ann.build(merged.vectors, self.settings)
@@ -231,11 +233,43 @@ class VectorIndex:
         if v.ann is not None and exact is not True:
             labels = ann.propose(v.ann, q, max(self.settings.candidates, 10 * opts.k))
             return [self._approximate(v, q[j], labels[j], opts, excluded, only) for j in range(len(q))]
+        if len(q) == 1 and self._first_pass_applies(v, opts):
+            answer = self._first_pass(v, q[0], opts, excluded, only)
+            if answer is not None:
+                return [answer]
         scores = v.score(q)
         allowed = _allowed(v.listing_ids, excluded, only)
         return [
             _ranked(scores[:, j], v.starts, v.listing_ids, v.image_ids, allowed, opts) for j in range(len(q))
         ]
+
+    def _first_pass_applies(self, v: View, opts: ScoreOptions) -> bool:
+        return (
+            self.settings.exact_first_pass
+            and v.main.flat is not None
+            and opts.aggregation in flat.FIRST_PASS_AGGREGATIONS
+        )
+
+    def _first_pass(
+        self, v: View, q: F32, opts: ScoreOptions, exclude: list[uuid.UUID], only: set[uuid.UUID] | None
+    ) -> list[RankedListing] | None:
+        """The exact answer from FAISS's best images, when provably exact (see search.flat);
+        None when a full scan is needed."""
+        assert v.main.flat is not None
+        rows, floor = v.main.flat.propose(q, max(self.settings.candidates, 10 * opts.k))
+        rows = rows[v.main_alive[rows]]
+        ranked = self._rescore(
+            v, q, np.union1d(v.main.listing_ids[rows], v.fresh.listing_ids), opts, exclude, only
+        )
+        if len(ranked) == opts.k:
+            bar = ranked[-1].score
+        elif opts.min_score is not None:
+            bar = opts.min_score
+        else:
+            bar = np.inf  # fewer than k listings among the candidates: others may qualify
+        exact = floor == -np.inf or floor + v.main.flat.slack(q) < bar
+        self.first_pass["kept" if exact else "full_scan"] += 1
+        return ranked if exact else None
 
     def _approximate(
         self,
@@ -249,7 +283,20 @@ class VectorIndex:
         """Rescore exactly every listing the ANN proposed, plus every fresh listing."""
         rows = labels[labels >= 0]
         rows = rows[v.main_alive[rows]]
-        proposed = np.union1d(v.main.listing_ids[rows], v.fresh.listing_ids)
+        return self._rescore(
+            v, q, np.union1d(v.main.listing_ids[rows], v.fresh.listing_ids), opts, exclude, only
+        )
+
+    def _rescore(
+        self,
+        v: View,
+        q: F32,
+        proposed: npt.NDArray[np.bytes_],
+        opts: ScoreOptions,
+        exclude: list[uuid.UUID],
+        only: set[uuid.UUID] | None,
+    ) -> list[RankedListing]:
+        """Rank these listings (sorted S16 ids) by every one of their live images' exact scores."""
         li = np.searchsorted(v.listing_ids, proposed)
         lengths = v.ends[li] - v.starts[li]
         sub_starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)

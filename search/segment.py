@@ -15,7 +15,8 @@ import numpy as np
 import numpy.typing as npt
 
 from schemas.records import FeatureBatch
-from search import kernel, scoring
+from search import flat, kernel, scoring
+from search.flat import FlatIndex
 
 I64 = npt.NDArray[np.int64]
 Ids = npt.NDArray[np.bytes_]
@@ -36,6 +37,7 @@ class Segment:
     image_ids: Ids  # S16, unique
     vectors: kernel.Vectors  # (rows, dim) in the index's dtype
     keys: Ids  # S32 (listing, image), sorted
+    flat: FlatIndex | None = None  # a FAISS flat index whose storage ``vectors`` is
 
     def __len__(self) -> int:
         return len(self.image_ids)
@@ -50,10 +52,12 @@ class Segment:
         dtype: np.dtype[Any],
         dim: int,
         alive: npt.NDArray[np.bool_] | None = None,
+        with_flat: bool = False,
     ) -> Segment:
         """Rows of ``parts`` sorted by (listing, image); of rows sharing an image id, the last
         wins; rows where ``alive`` (over the concatenated parts) is False are left out. The
-        vectors are copied once, in bounded chunks, or not at all when already in order."""
+        vectors are copied once, in bounded chunks (into a FAISS flat index's storage when
+        ``with_flat``), or not at all when already in order."""
         listing_rows = np.concatenate([np.zeros(0, "S16"), *(p.listing_ids for p in parts)])
         image_ids = np.concatenate([np.zeros(0, "S16"), *(p.image_ids for p in parts)])
         n = len(image_ids)
@@ -62,11 +66,16 @@ class Segment:
         if alive is not None:
             keep = keep[alive[keep]]
         order = keep[np.lexsort((image_ids[keep], listing_rows[keep]))]
-        if len(parts) == 1 and parts[0].vectors.dtype == dtype and np.array_equal(order, np.arange(n)):
-            vectors: kernel.Vectors = parts[0].vectors  # already sorted: no copy
-        else:
-            vectors = _gather_parts(parts, order, dtype, dim)
         rows, images = listing_rows[order], image_ids[order]
+        if with_flat:
+            index, vectors = flat.allocate(len(order), dim, dtype)
+            _gather_parts(parts, order, dtype, vectors)
+            return Segment(rows, images, vectors, _keys(rows, images), flat.seal(index, vectors))
+        if len(parts) == 1 and parts[0].vectors.dtype == dtype and np.array_equal(order, np.arange(n)):
+            vectors = parts[0].vectors  # already sorted: no copy
+        else:
+            vectors = np.empty((len(order), dim), dtype=dtype)
+            _gather_parts(parts, order, dtype, vectors)
         return Segment(rows, images, vectors, _keys(rows, images))
 
     def take(self, mask: npt.NDArray[np.bool_]) -> Segment:
@@ -74,10 +83,9 @@ class Segment:
 
 
 def _gather_parts(
-    parts: list[FeatureBatch | Segment], order: I64, dtype: np.dtype[Any], dim: int
-) -> kernel.Vectors:
-    """Rows ``order`` of the concatenated parts, in the index's dtype, copied in bounded chunks."""
-    vectors: kernel.Vectors = np.empty((len(order), dim), dtype=dtype)
+    parts: list[FeatureBatch | Segment], order: I64, dtype: np.dtype[Any], vectors: kernel.Vectors
+) -> None:
+    """Rows ``order`` of the concatenated parts into ``vectors``, in bounded chunks."""
     offset = 0
     for p in parts:
         at = np.flatnonzero((order >= offset) & (order < offset + len(p)))
@@ -85,7 +93,6 @@ def _gather_parts(
             where = at[chunk : chunk + COPY_ROWS]
             vectors[where] = kernel.narrow(p.vectors[order[where] - offset], dtype)
         offset += len(p)
-    return vectors
 
 
 @dataclass(frozen=True)

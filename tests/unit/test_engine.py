@@ -183,3 +183,55 @@ def test_approximate_search_after_removals() -> None:
     cat.rows = {i: row for i, row in cat.rows.items() if row[0] != last and i not in gone}
     for seed in range(3):
         cat.check(index, ScoreOptions(k=60, aggregation="count_above", threshold=0.2), seed)
+
+
+# -- the FAISS first pass of exact search ----------------------------------------------------
+def test_first_pass_answers_equal_the_full_scan_and_are_mostly_kept() -> None:
+    cat = Catalogue(21)
+    index = fresh_index(cat, listings=600, candidates=64)
+    index.remove_images(list(cat.rows)[:50])
+    for image in list(cat.rows)[:50]:
+        del cat.rows[image]
+    index.add(cat.batch(20))  # a fresh tier beside the main segment
+    rng = np.random.default_rng(3)
+    allowed = {lid for lid, _ in cat.rows.values() if rng.random() < 0.7}
+    for n in range(40):
+        opts = ScoreOptions(k=int(rng.integers(1, 20)), aggregation=["max", "mean_top_n"][n % 2], top_n=2)
+        q = l2_normalise(rng.normal(size=DIM)).astype(np.float32)
+        only = allowed if n % 3 == 0 else None
+        full = index.search_many(q[None], opts, only=only, exact=True)
+        first_pass = index.settings
+        index.settings = first_pass.model_copy(update={"exact_first_pass": False})
+        scan = index.search_many(q[None], opts, only=only, exact=True)
+        index.settings = first_pass
+        assert [r.listing_id for r in full[0]] == [r.listing_id for r in scan[0]]
+        for got, want in zip(full[0], scan[0], strict=True):  # BLAS may round a row 1 ulp apart
+            assert [i for i, _ in got.matches] == [i for i, _ in want.matches]
+            np.testing.assert_allclose([s for _, s in got.matches], [s for _, s in want.matches], rtol=1e-6)
+        if n % 4 == 0:
+            cat.check(index, opts, seed=n)
+    assert index.first_pass["kept"] > 40, index.first_pass  # the oracle checks searched too
+
+
+def test_first_pass_falls_back_when_the_candidates_cannot_prove_the_answer() -> None:
+    """A's images and B's best one fill the 20 candidates; B's other images are poor, C is good
+    throughout. By mean_top_3 C beats B, which the candidates alone cannot show."""
+    base = l2_normalise(np.random.default_rng(0).normal(size=DIM))
+    other = l2_normalise(np.random.default_rng(1).normal(size=DIM))
+
+    def toward(weight: float) -> np.ndarray:
+        return l2_normalise(weight * base + (1 - weight) * other)
+
+    a, b, c = (uuid.UUID(int=i << 64) for i in (1, 2, 3))
+    layout = [(a, 1.0)] * 19 + [(b, 0.97), (b, 0.0), (b, 0.0), (c, 0.9), (c, 0.9), (c, 0.9)]
+    batch = FeatureBatch(
+        np.array([lid.bytes for lid, _ in layout], "S16"),
+        np.array([uuid.uuid4().bytes for _ in layout], "S16"),
+        np.array([toward(w) for _, w in layout], np.float32),
+    )
+    index = VectorIndex(MODEL, SearchSettings(candidates=20))
+    index.reset([batch, Catalogue(5).batch(40)])
+    opts = ScoreOptions(k=2, aggregation="mean_top_n", top_n=3)
+    got = [r.listing_id for r in index.search(base.astype(np.float32), opts)]
+    assert got == [a, c]
+    assert index.first_pass == {"kept": 0, "full_scan": 1}

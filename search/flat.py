@@ -1,0 +1,81 @@
+"""FAISS's flat index as the first pass of exact search, over memory it shares with the engine.
+
+The main segment's vectors live inside a FAISS flat inner-product index (``IndexScalarQuantizer``
+QT_fp16 for float16, ``IndexFlatIP`` for float32): the engine reads them as a numpy array
+over the index's own codes, so there is one copy of the matrix. For one query FAISS's fused
+decode-and-dot scan is faster than widening blocks for BLAS (bench-search reports both).
+
+FAISS returns the best ``candidates`` images, not every score. The listings they belong to are
+rescored exactly by the engine, and the answer is kept only when it is provably the exact one:
+every image FAISS left out scored at most ``floor`` (its lowest returned score), so no listing
+outside the candidates can score above ``floor + slack`` under ``max`` or ``mean_top_n``
+(both at most a listing's best image). If the k-th listing (or ``min_score``) clears that
+bound, the answer equals a full scan's; otherwise the engine scans everything.
+"""
+
+from __future__ import annotations
+
+import ctypes
+from dataclasses import dataclass
+from typing import Any
+
+import faiss
+import numpy as np
+import numpy.typing as npt
+
+from search import kernel
+
+NORM_ROWS = 65536  # rows per chunk when measuring row norms
+FIRST_PASS_AGGREGATIONS = ("max", "mean_top_n")  # a listing's score is at most its best image's
+
+
+@dataclass(frozen=True)
+class FlatIndex:
+    index: Any  # faiss.IndexScalarQuantizer (float16) or faiss.IndexFlatIP (float32)
+    max_norm: float  # the largest row norm: bounds FAISS's rounding against the engine's
+
+    def propose(self, query: kernel.F32, candidates: int) -> tuple[npt.NDArray[np.int64], float]:
+        """The best ``candidates`` rows for one query and the floor: every row left out scores
+        at most that (-inf when every row was returned)."""
+        scores, rows = self.index.search(np.ascontiguousarray(query.reshape(1, -1), np.float32), candidates)
+        found = rows[0] >= 0
+        floor = float(scores[0][found][-1]) if found.all() and self.index.ntotal > candidates else -np.inf
+        return rows[0][found].astype(np.int64), floor
+
+    def slack(self, query: kernel.F32) -> float:
+        """How far FAISS's float32 sum of a row may be from the engine's: both round at most
+        dim * 2^-24 * |x|.|q| each (summation order differs), doubled for safety."""
+        dim = query.shape[-1]
+        return float(4.0 * dim * 2.0**-24 * float(np.linalg.norm(query)) * self.max_norm)
+
+
+def allocate(rows: int, dim: int, dtype: np.dtype[Any]) -> tuple[FlatIndex | None, kernel.Vectors]:
+    """An empty flat index of ``rows`` vectors and the (rows, dim) array over its storage;
+    fill the array, then call :func:`seal`. The array keeps the index alive."""
+    if dtype == np.float16:
+        fp16 = faiss.ScalarQuantizer.QT_fp16
+        index: Any = faiss.IndexScalarQuantizer(dim, fp16, faiss.METRIC_INNER_PRODUCT)
+    else:
+        index = faiss.IndexFlatIP(dim)
+    nbytes = rows * dim * np.dtype(dtype).itemsize
+    if index.code_size != dim * np.dtype(dtype).itemsize:
+        raise RuntimeError(f"unexpected FAISS code size {index.code_size} for {dim} x {dtype}")
+    if rows == 0:
+        return None, np.empty((0, dim), dtype=dtype)
+    index.codes.resize(nbytes)
+    raw = (ctypes.c_uint8 * nbytes).from_address(int(index.codes.data()))
+    raw.owner = index  # type: ignore[attr-defined]  # numpy views of raw keep the index alive
+    vectors: kernel.Vectors = np.frombuffer(memoryview(raw), dtype=dtype).reshape(rows, dim)
+    return FlatIndex(index, 0.0), vectors
+
+
+def seal(flat: FlatIndex | None, vectors: kernel.Vectors) -> FlatIndex | None:
+    """The index, searchable over the filled array (its row count and largest norm set)."""
+    if flat is None:
+        return None
+    flat.index.ntotal = len(vectors)
+    norms = [
+        float(np.linalg.norm(kernel.widen(vectors[s : s + NORM_ROWS]), axis=1).max())
+        for s in range(0, len(vectors), NORM_ROWS)
+    ]
+    return FlatIndex(flat.index, max(norms, default=0.0))
