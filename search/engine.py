@@ -78,6 +78,10 @@ class VectorIndex:
     def fresh_rows(self) -> int:
         return len(self._view.fresh)
 
+    def main_segment(self) -> Segment:
+        """The main segment; its vectors are the storage of its FAISS flat index (``.flat``)."""
+        return self._view.main
+
     @property
     def approximate(self) -> bool:
         return self._view.ann is not None
