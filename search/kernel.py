@@ -27,7 +27,8 @@ def block_rows(dim: int, queries: int) -> int:
 
 def score(vectors: Vectors, queries: F32) -> F32:
     """(rows, queries) float32 inner products of ``vectors`` (rows, dim) with ``queries``
-    (queries, dim). Each row's score depends only on that row and the query."""
+    (queries, dim). A row's score depends on that row and the query, up to its last bit: BLAS
+    may round a row one ulp differently depending on where it falls in a block."""
     q = np.ascontiguousarray(queries, dtype=np.float32)
     if q.ndim != 2 or vectors.ndim != 2 or q.shape[1] != vectors.shape[1]:
         raise ValueError(f"queries must be (n, {vectors.shape[1]}), got {q.shape}")
