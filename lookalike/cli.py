@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import sys
-import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -133,14 +132,16 @@ def ingest_remove(
     """Remove a listing or an image: the workers apply it after the listing's earlier uploads."""
     from ingest.producer import KafkaProducer
     from ingest.remove import UnknownTarget, removal
+    from schemas.ids import parse_uuid
     from store import StoreError, open_store
 
     kafka = KafkaSettings()
     try:
-        ids = [None if x is None else uuid.UUID(x) for x in (listing_id, image_id)]
+        listing = None if listing_id is None else parse_uuid(listing_id, "--listing-id")
+        image = None if image_id is None else parse_uuid(image_id, "--image-id")
         store = open_store(CoreSettings().store_url())
         try:
-            message = removal(store, *ids)
+            message = removal(store, listing, image)
         finally:
             store.close()
         with KafkaProducer(kafka.client_config(), kafka.max_message_bytes) as producer:
