@@ -261,10 +261,7 @@ class VectorIndex:
         None when a full scan is needed."""
         assert v.main.flat is not None
         rows, floor = v.main.flat.propose(q, max(self.settings.candidates, 10 * opts.k))
-        rows = rows[v.main_alive[rows]]
-        ranked = self._rescore(
-            v, q, np.union1d(v.main.listing_ids[rows], v.fresh.listing_ids), opts, exclude, only
-        )
+        ranked = self._rescore(v, q, rows, opts, exclude, only)
         if len(ranked) == opts.k:
             bar = ranked[-1].score
         elif opts.min_score is not None:
@@ -285,22 +282,21 @@ class VectorIndex:
         only: set[uuid.UUID] | None,
     ) -> list[RankedListing]:
         """Rescore exactly every listing the ANN proposed, plus every fresh listing."""
-        rows = labels[labels >= 0]
-        rows = rows[v.main_alive[rows]]
-        return self._rescore(
-            v, q, np.union1d(v.main.listing_ids[rows], v.fresh.listing_ids), opts, exclude, only
-        )
+        return self._rescore(v, q, labels[labels >= 0], opts, exclude, only)
 
     def _rescore(
         self,
         v: View,
         q: F32,
-        proposed: npt.NDArray[np.bytes_],
+        main_rows: I64,
         opts: ScoreOptions,
         exclude: list[uuid.UUID],
         only: set[uuid.UUID] | None,
     ) -> list[RankedListing]:
-        """Rank these listings (sorted S16 ids) by every one of their live images' exact scores."""
+        """Rank the listings of these main-segment rows (the live ones) and every fresh listing
+        by the exact scores of all their live images."""
+        rows = main_rows[v.main_alive[main_rows]]
+        proposed = np.union1d(v.main.listing_ids[rows], v.fresh.listing_ids)
         li = np.searchsorted(v.listing_ids, proposed)
         lengths = v.ends[li] - v.starts[li]
         sub_starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
