@@ -51,9 +51,10 @@ class FlatIndex:
         return float(4.0 * dim * 2.0**-24 * float(np.linalg.norm(query)) * self.max_norm)
 
 
-def allocate(rows: int, dim: int, dtype: np.dtype[Any]) -> tuple[FlatIndex | None, kernel.Vectors]:
-    """An empty flat index of ``rows`` vectors and the (rows, dim) array over its storage;
-    fill the array, then call :func:`seal`. The array keeps the index alive."""
+def allocate(rows: int, dim: int, dtype: np.dtype[Any]) -> tuple[Any, kernel.Vectors]:
+    """A FAISS flat index sized for ``rows`` vectors (None when there are none) and the
+    (rows, dim) array over its storage; fill the array, then :func:`seal` the index. The array
+    keeps the index alive."""
     if dtype == np.float16:
         fp16 = faiss.ScalarQuantizer.QT_fp16
         index: Any = faiss.IndexScalarQuantizer(dim, fp16, faiss.METRIC_INNER_PRODUCT)
@@ -69,7 +70,7 @@ def allocate(rows: int, dim: int, dtype: np.dtype[Any]) -> tuple[FlatIndex | Non
     raw.owner = index  # type: ignore[attr-defined]  # numpy views of raw keep the index alive
     vectors: kernel.Vectors = np.frombuffer(memoryview(raw), dtype=dtype).reshape(rows, dim)
     _huge_pages(vectors)
-    return FlatIndex(index, 0.0), vectors
+    return index, vectors
 
 
 def _huge_pages(array: npt.NDArray[Any]) -> None:
@@ -87,13 +88,13 @@ def _huge_pages(array: npt.NDArray[Any]) -> None:
             madvise(start, length, advice)
 
 
-def seal(flat: FlatIndex | None, vectors: kernel.Vectors) -> FlatIndex | None:
-    """The index, searchable over the filled array (its row count and largest norm set)."""
-    if flat is None:
+def seal(index: Any, vectors: kernel.Vectors) -> FlatIndex | None:
+    """The index from :func:`allocate`, searchable over the filled array."""
+    if index is None:
         return None
-    flat.index.ntotal = len(vectors)
+    index.ntotal = len(vectors)
     norms = [
         float(np.linalg.norm(kernel.widen(vectors[s : s + NORM_ROWS]), axis=1).max())
         for s in range(0, len(vectors), NORM_ROWS)
     ]
-    return FlatIndex(flat.index, max(norms, default=0.0))
+    return FlatIndex(index, max(norms, default=0.0))
