@@ -7,9 +7,9 @@ STAMP  := $(VENV)/.installed
 SERVE  ?= 1
 UV_VERSION := 0.13.8
 
-.PHONY: demo test browser lint typecheck check bench-store bench-api bench-extract bench-search clean
+.PHONY: demo test browser lint typecheck check bench-store bench-api bench-extract bench-search bench-quality bench-analyze clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml search/_scan.c
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	@$(BIN)/python -m pip install -q --disable-pip-version-check uv==$(UV_VERSION)
 	$(BIN)/uv pip install --python $(BIN)/python -e '.[dev]'
@@ -30,6 +30,7 @@ test: $(STAMP) browser
 
 lint: $(STAMP)
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+	$(BIN)/lint-imports
 
 typecheck: $(STAMP)
 	$(BIN)/mypy && $(BIN)/mypy notebooks
@@ -42,8 +43,18 @@ bench-store: $(STAMP)
 bench-search: $(STAMP)
 	$(BIN)/python -m bench.search $(if $(filter 1 yes true,$(MILLION)),--million,)
 
+# the compact tier alone: ROWS=3000000 for the beyond-RAM run (about 26 GB of SQLite in data/)
+bench-search-compact: $(STAMP)
+	$(BIN)/python -m bench.search_compact --rows $(or $(ROWS),$(if $(filter 1 yes true,$(MILLION)),1000000,100000)) --save
+
+bench-analyze: $(STAMP)
+	$(BIN)/python -m bench.analyze $(if $(filter 1 yes true,$(MILLION)),--million,)
+
 bench-extract: $(STAMP)
 	$(BIN)/python -m bench.extract --save
+
+bench-quality: $(STAMP)
+	$(BIN)/python -m bench.quality
 
 bench-api: $(STAMP)
 	@test -f data/queries/coffee-held-out.jpg || $(BIN)/lookalike demo --no-serve

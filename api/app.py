@@ -1,10 +1,11 @@
-"""The FastAPI app. Store, index and model are built once in the lifespan (or handed in
-by the demo, which already holds them) and shared by every request."""
+"""The FastAPI app factory. What the routers use (:class:`api.deps.Components`) is built once,
+by the caller or in the lifespan, and shared by every request; the wiring that builds it from
+settings lives on the roof (``lookalike/stack.py``)."""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -13,47 +14,27 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 
-from api.deps import ModelQueue
+from api.deps import Components, ModelQueue
 from api.metrics import ApiMetrics
-from api.producer import ApiProducer
-from api.routers import health, images, ingest, listings, search
-from lookalike import stack
-from lookalike.settings import ApiSettings, KafkaSettings, ModelSettings
-from search.engine import UnknownId, load_index
-from search.service import SearchService
+from api.routers import analytics, health, images, ingest, listings, models, search
+from config.settings import ApiSettings
+from search.engine import UnknownId
 from store import StoreUnavailable
 
 log = logging.getLogger(__name__)
 STATIC = Path(__file__).parent / "static"
 
 
-def build_service() -> SearchService:
-    store = stack.configured_store()
-    settings = ModelSettings()
-    info = stack.stored_model(store, settings.name)
-    model = stack.configured_model()  # loaded once, before the first request
-    return SearchService(store, load_index(store, info, progress=True), lambda: model, settings.max_pixels)
-
-
-def build_producer() -> ApiProducer | None:
-    kafka = KafkaSettings()
-    return ApiProducer(kafka) if kafka.bootstrap else None
-
-
-def create_app(
-    service: SearchService | None = None,
-    settings: ApiSettings | None = None,
-    producer: ApiProducer | None = None,
-) -> FastAPI:
-    settings = settings or ApiSettings()
+def create_app(settings: ApiSettings, components: Components | Callable[[], Components]) -> FastAPI:
+    """The app over ``components``: given (the demo and tests hold them already), or built by
+    the callable in the lifespan, so a server starts listening before the index is loaded."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        app.state.service = service or build_service()
-        app.state.producer = producer if producer is not None else build_producer()
+        app.state.components = components if isinstance(components, Components) else components()
         yield
-        if app.state.producer is not None:
-            app.state.producer.close()
+        if app.state.components.ingest is not None:
+            app.state.components.ingest.producer.close()
 
     app = FastAPI(
         title="Lookalike",
@@ -73,7 +54,8 @@ def create_app(
             allow_headers=["X-API-Key", "Content-Type"],
         )
     app.include_router(health.router)
-    for router in (search.router, listings.router, images.router, ingest.router):
+    app.include_router(models.router, prefix="/v1")
+    for router in (search.router, listings.router, images.router, ingest.router, analytics.router):
         app.include_router(router, prefix="/v1")
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 

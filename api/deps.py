@@ -1,4 +1,5 @@
-"""Dependencies shared by the routers: the service, settings, API keys, the model queue."""
+"""Dependencies: each router asks for what it uses (store, index, query service, ingest
+producer, model queue, settings, API keys); nothing reaches through a service object."""
 
 from __future__ import annotations
 
@@ -6,20 +7,73 @@ import asyncio
 import hmac
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Annotated
+from dataclasses import dataclass
+from typing import Annotated, cast
 
 from fastapi import Depends, HTTPException, Request, Security
 from fastapi.security import APIKeyHeader
 
-from lookalike.settings import ApiSettings
+from config.settings import ApiSettings, KafkaSettings
+from messaging.producer import KafkaProducer
 from search.service import SearchService
+from search.tier import SearchIndex
+from store import Store
+from store.analytics import AnalyticsStore
+from store.blobs import BlobStore
 
 api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False, description="one of LOOKALIKE_API_KEYS")
 
 
+@dataclass
+class Ingest:
+    """What the ingest endpoints publish with: the producer and the topics."""
+
+    producer: KafkaProducer
+    kafka: KafkaSettings
+
+
+@dataclass
+class Components:
+    """What the routers use, built once (in the lifespan, or by the caller) and shared."""
+
+    service: SearchService  # the query pipeline: image -> vector -> ranked listings -> stored answer
+    ingest: Ingest | None = None  # None: no broker, the ingest endpoints answer 503
+    blobs: BlobStore | None = None  # where the pixels are kept; None: only file:// URIs are served
+
+
+def _components(request: Request) -> Components:
+    components: Components = request.app.state.components
+    return components
+
+
 def get_service(request: Request) -> SearchService:
-    service: SearchService = request.app.state.service
-    return service
+    return _components(request).service
+
+
+def get_store(request: Request) -> Store:
+    return _components(request).service.store
+
+
+def get_index(request: Request) -> SearchIndex:
+    return _components(request).service.index
+
+
+def get_blobs(request: Request) -> BlobStore | None:
+    return _components(request).blobs
+
+
+def get_analytics(request: Request) -> AnalyticsStore:
+    store = get_store(request)
+    if not hasattr(store, "current_run"):
+        raise HTTPException(501, f"the {type(store).__name__} backend keeps no analytics runs")
+    return cast(AnalyticsStore, store)
+
+
+def get_ingest(request: Request) -> Ingest:
+    ingest = _components(request).ingest
+    if ingest is None:
+        raise HTTPException(503, "ingest needs a broker: set LOOKALIKE_KAFKA_BOOTSTRAP")
+    return ingest
 
 
 def get_settings(request: Request) -> ApiSettings:
@@ -27,7 +81,12 @@ def get_settings(request: Request) -> ApiSettings:
     return settings
 
 
-Service = Annotated[SearchService, Depends(get_service)]
+Searcher = Annotated[SearchService, Depends(get_service)]
+StoreDep = Annotated[Store, Depends(get_store)]
+IndexDep = Annotated[SearchIndex, Depends(get_index)]
+BlobsDep = Annotated[BlobStore | None, Depends(get_blobs)]
+IngestDep = Annotated[Ingest, Depends(get_ingest)]
+AnalyticsDep = Annotated[AnalyticsStore, Depends(get_analytics)]
 Settings = Annotated[ApiSettings, Depends(get_settings)]
 
 

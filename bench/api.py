@@ -21,8 +21,8 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-from ingest.broker import free_port
-from lookalike.settings import CoreSettings
+from config.settings import CoreSettings
+from messaging.broker import free_port
 
 LEVELS = (1, 8, 32)
 
@@ -49,7 +49,7 @@ def start_server(port: int) -> subprocess.Popen[bytes]:
     raise SystemExit("`lookalike serve` did not become ready in 300 s")
 
 
-async def measure(base: str, clients: int, total: int, request: dict) -> dict[str, float]:  # type: ignore[type-arg]
+async def measure(base: str, path: str, clients: int, total: int, request: dict) -> dict[str, float]:  # type: ignore[type-arg]
     latencies: list[float] = []
     errors = 0
     queue: asyncio.Queue[int] = asyncio.Queue()
@@ -61,12 +61,12 @@ async def measure(base: str, clients: int, total: int, request: dict) -> dict[st
         while not queue.empty():
             queue.get_nowait()
             started = time.perf_counter()
-            response = await http.post(f"{base}/v1/search", **request)
+            response = await http.post(f"{base}{path}", **request)
             latencies.append(time.perf_counter() - started)
             errors += response.status_code != 200
 
     async with httpx.AsyncClient(timeout=300, limits=httpx.Limits(max_connections=clients)) as http:
-        await http.post(f"{base}/v1/search", **request)  # warm-up
+        await http.post(f"{base}{path}", **request)  # warm-up
         started = time.perf_counter()
         await asyncio.gather(*(client(http) for _ in range(clients)))
         elapsed = time.perf_counter() - started
@@ -93,7 +93,7 @@ def main() -> None:
     port = free_port()
     server = start_server(port)
     base = f"http://127.0.0.1:{port}"
-    image_id = httpx.post(f"{base}/v1/search", files={"image": query.read_bytes()}, timeout=300).json()
+    image_id = httpx.post(f"{base}/v1/search/image", files={"image": query.read_bytes()}, timeout=300).json()
     by_id = {"json": {"image_id": image_id["results"][0]["images"][0]["image_id"], "k": 10}}
     by_upload = {
         "files": {"image": (Path(query).name, query.read_bytes(), "image/jpeg")},
@@ -101,9 +101,11 @@ def main() -> None:
     }
     report: dict[str, dict[str, dict[str, float]]] = {"image_id": {}, "upload": {}}
     for clients in LEVELS:
-        report["image_id"][f"clients_{clients}"] = asyncio.run(measure(base, clients, args.requests, by_id))
+        report["image_id"][f"clients_{clients}"] = asyncio.run(
+            measure(base, "/v1/search", clients, args.requests, by_id)
+        )
         report["upload"][f"clients_{clients}"] = asyncio.run(
-            measure(base, clients, max(args.upload_requests, clients), by_upload)
+            measure(base, "/v1/search/image", clients, max(args.upload_requests, clients), by_upload)
         )
     for mode in report.values():
         one = mode["clients_1"]["requests_per_s"]

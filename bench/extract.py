@@ -43,13 +43,13 @@ import numpy as np
 import torch
 from PIL import Image
 
+from config.settings import ExtractSettings, KafkaSettings, ModelSettings
 from extract.metrics import STAGES, ExtractMetrics
 from extract.model import FeatureModel, load_model
 from extract.preprocess import stack_uint8
-from ingest.broker import EmbeddedBroker
-from ingest.producer import KafkaProducer
 from lookalike import stack
-from lookalike.settings import ExtractSettings, KafkaSettings, ModelSettings
+from messaging.broker import EmbeddedBroker
+from messaging.producer import KafkaProducer
 from schemas.messages import ImageMessage
 from store import open_store
 

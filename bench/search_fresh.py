@@ -11,8 +11,9 @@ from typing import Any
 
 import numpy as np
 
-from ingest.broker import EmbeddedBroker, ensure_topics
-from ingest.producer import KafkaProducer
+from messaging.admin import ensure_topics
+from messaging.broker import EmbeddedBroker
+from messaging.producer import KafkaProducer
 from schemas.codec import l2_normalise
 from schemas.messages import ImageMessage
 from schemas.records import Extracted, ImageRecord, ModelInfo

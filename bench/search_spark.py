@@ -20,7 +20,7 @@ from pyspark.sql import functions as F
 from pyspark.sql.types import ArrayType, FloatType
 
 from bench.search_data import Data
-from lookalike.settings import SparkSettings
+from config.settings import SearchSettings, SparkSettings
 from schemas.records import FeatureBatch, ModelInfo, StockLevel
 from search.scoring import ScoreOptions
 from search.spark.job import FEATURES_SCHEMA, _feature_record_batch, score_queries
@@ -138,10 +138,11 @@ def bench_spark(
             ]
         )
         settings = SparkSettings(master="local[2]", driver_memory="6g")
+        dtype = SearchSettings().dtype  # the engine's in-memory dtype
         with spark_scope(settings, "bench-search", store.url) as spark:
             features = _features(spark, tmp, rows)
-            score_queries(spark, features, store.url, model, queries[:2], opts)  # warm the workers
-            vectorised_s = _timed(score_queries, spark, features, store.url, model, queries, opts)
+            score_queries(spark, features, store.url, model, queries[:2], opts, dtype)  # warm the workers
+            vectorised_s = _timed(score_queries, spark, features, store.url, model, queries, opts, dtype)
             row_udf_s = _timed(row_udf_job, spark, features, queries, opts.k)
             features.unpersist()
             small = _features(spark, tmp, naive_rows)

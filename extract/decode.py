@@ -58,8 +58,9 @@ class Header:
     height: int
 
 
-def probe(data: bytes, max_pixels: int) -> Header:
-    """Read the header only and apply the pixel limit (cheap: no pixels are decoded).
+def probe(data: bytes, max_pixels: int, *, verify: bool = False) -> Header:
+    """Read the header only and apply the pixel limit (cheap: no pixels are decoded);
+    ``verify`` also checks the file's structure (Pillow's ``verify``), still without decoding.
 
     The limit is checked here, explicitly, rather than through Pillow's bomb warning: the
     decode threads must not touch the process-wide warning filters (``catch_warnings`` is not
@@ -67,6 +68,8 @@ def probe(data: bytes, max_pixels: int) -> Header:
     try:
         with Image.open(io.BytesIO(data)) as image:
             header = Header(str(image.format), image.mode, *image.size)
+            if verify:
+                image.verify()
     except UnidentifiedImageError:
         raise DecodeError(f"not a decodable image: unknown format (starts with {data[:8]!r})") from None
     except Image.DecompressionBombError as exc:

@@ -23,12 +23,11 @@ from typing import TypeVar
 
 import numpy as np
 import torch
-from confluent_kafka import Message
 
 from extract.metrics import ExtractMetrics
 from extract.model import FeatureModel, PendingVectors
 from extract.preprocess import decode_jpegs_on_device, stack_uint8
-from extract.worker import (
+from extract.steps import (
     DeadLetters,
     Decoded,
     DecodeOptions,
@@ -37,8 +36,10 @@ from extract.worker import (
     Rejected,
     decode_message,
     extracted,
+    kept_pixels,
 )
 from extract.writer import StoreWriter
+from messaging.consumer import Message
 from schemas.messages import DeleteMessage
 
 log = logging.getLogger(__name__)
@@ -80,6 +81,12 @@ class ExtractPipeline:
         prefetch_batches: int = 2,
     ) -> None:
         self.model, self.writer, self.dead_letters = model, writer, dead_letters
+        resize, crop = model.input_size  # decode to the size the model expects
+        blobs = writer.blobs if writer is not None else None  # None: a model-only test
+        read_blob = None if blobs is None else (lambda uri: writer.retry_blob(blobs.get, uri))
+        opts = replace(
+            opts, resize=resize, crop=crop, model=model.info.name, blobs=blobs, read_blob=read_blob
+        )
         self.opts, self.metrics = opts, metrics
         self._pool = ThreadPoolExecutor(decode_workers, thread_name_prefix="decode")
         self._prefetch: queue.Queue[_Job] = queue.Queue(prefetch_batches)
@@ -187,7 +194,9 @@ class ExtractPipeline:
 
     def _decode_on_device(self, encoded: list[Encoded]) -> torch.Tensor | None:
         try:
-            return decode_jpegs_on_device([e.data for e in encoded], self.model.device)
+            return decode_jpegs_on_device(
+                [e.data for e in encoded], self.model.device, *self.model.input_size
+            )
         except RuntimeError as exc:
             log.warning("GPU JPEG decode failed for a batch (%s); decoding it with Pillow", exc)
             return None
@@ -200,7 +209,9 @@ class ExtractPipeline:
             self.metrics.stage("infer", job.infer_s + time.perf_counter() - started)
             rows = [extracted(g, v, self.model.info.name) for g, v in zip(job.good, vectors, strict=True)]
             started = time.perf_counter()
-            self.writer.apply(list(zip(job.good_at, rows, strict=True)), job.removals)
+            pixels = {g.message.image_id: p for g in job.good if (p := kept_pixels(g, self.writer.blobs))}
+            backfill = frozenset(g.message.image_id for g in job.good if g.message.model)
+            self.writer.apply(list(zip(job.good_at, rows, strict=True)), job.removals, pixels, backfill)
             self.metrics.stage("write", time.perf_counter() - started)
             started = time.perf_counter()
             self.dead_letters.send(job.rejected)

@@ -146,6 +146,7 @@ def build_demo_catalogue(root: Path) -> tuple[Catalogue, Path]:
     query = root.parent / "queries" / f"{DEMO_QUERY_LISTING}-held-out.jpg"
     if not (root / STOCK_FILE).is_file() or not query.is_file():
         _write_demo(root, query)
+    plant_demo_cases(root)
     return scan_folder(root), query
 
 
@@ -169,3 +170,49 @@ def _write_demo(root: Path, query: Path) -> None:
         writer = csv.writer(fh)
         writer.writerow(["listing", "inventory"])
         writer.writerows(stock_rows)
+
+
+# -- planted cases: what catalogue analytics should find in the demo catalogue ---------------------
+@dataclass(frozen=True)
+class PlantedCase:
+    kind: str  # "cross_listing_duplicate" | "misfit" | "outlier": where analytics should report it
+    listing: str  # the listing it was put in
+    file: str  # its file name there
+    what: str
+
+
+DEMO_PLANTED = (
+    PlantedCase("cross_listing_duplicate", "rocket", "9-astronaut-copy.jpg",
+                "astronaut/1.jpg re-encoded (JPEG quality 60, 90% size) in another listing"),
+    PlantedCase("misfit", "clock", "9-wrong-photo.jpg", "a photo of the cat (chelsea) in the clock listing"),
+    PlantedCase("outlier", "camera", "9-no-photo.jpg", "an off-topic 'no photo' placeholder"),
+)  # fmt: skip
+
+
+def plant_demo_cases(root: Path) -> None:
+    """Add the planted cases to a demo catalogue (once; files already there are kept)."""
+    for case in DEMO_PLANTED:
+        target = root / case.listing / case.file
+        if target.is_file():
+            continue
+        if case.kind == "cross_listing_duplicate":
+            with Image.open(root / "astronaut" / "1.jpg") as im:
+                copy = im.convert("RGB").resize(
+                    (im.width * 9 // 10, im.height * 9 // 10), Image.Resampling.BILINEAR
+                )
+            copy.save(target, quality=60)
+        elif case.kind == "misfit":
+            view(_photo("chelsea"), np.random.default_rng(99), mirror=False).save(target, quality=90)
+        else:
+            _placeholder().save(target, quality=90)
+
+
+def _placeholder() -> Image.Image:
+    from PIL import ImageDraw
+
+    im = Image.new("RGB", (320, 240), (236, 238, 242))
+    draw = ImageDraw.Draw(im)
+    draw.rectangle((120, 70, 200, 130), outline=(150, 156, 168), width=4)
+    draw.ellipse((145, 85, 175, 115), outline=(150, 156, 168), width=4)
+    draw.text((118, 160), "NO PHOTO", fill=(120, 126, 138))
+    return im

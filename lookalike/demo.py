@@ -2,37 +2,47 @@
 
 Every stage is the real one: images go through Kafka, the extract worker stores vectors,
 Spark scores the held-out query and writes ``query_results``, the in-memory engine answers
-the same query, and the API serves the result.
+the same query, and the API serves the result. While it serves, the stack stays live: the
+broker, an extract worker, the stock follower and the index follower keep running, so a photo
+uploaded to ``POST /v1/images`` (or on the page) becomes searchable within seconds.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import secrets
+import signal
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
+import uvicorn
 from PIL import Image
+from pydantic import SecretStr
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from api.app import create_app
+from config.settings import ApiSettings, CoreSettings, KafkaSettings, Settings
 from extract.model import FeatureModel
-from ingest.broker import EmbeddedBroker
 from ingest.catalogue import DEMO_QUERY_LISTING, Catalogue, build_demo_catalogue, scan_folder, view
-from ingest.producer import KafkaProducer, catalogue_stock, image_messages, send_images, send_stock
+from ingest.producer import catalogue_stock, image_messages, send_images, send_stock
 from lookalike import stack
 from lookalike.output import print_answer
-from lookalike.settings import CoreSettings, KafkaSettings, ModelSettings, SparkSettings
+from messaging.broker import EmbeddedBroker
+from messaging.producer import KafkaProducer
 from schemas import ids
 from schemas.records import ModelInfo, QueryAnswer
-from search.engine import load_index
+from search.loader import load_index
 from search.scoring import ScoreOptions
-from search.service import SearchService, answer_from_rows
+from search.service import SearchService
+from search.tier import SearchIndex
 from store import Store
+from store.results import answer_from_rows
 
 log = logging.getLogger(__name__)
 
@@ -44,19 +54,20 @@ class DemoResult:
     expected_listing: str
     store: Store
     service: SearchService
+    model: FeatureModel
+    settings: Settings  # with the Kafka the demo used (the embedded broker's address)
 
 
 @contextlib.contextmanager
-def kafka_settings(core: CoreSettings) -> Iterator[KafkaSettings]:
-    """The configured Kafka, or an embedded broker for the duration of the block."""
-    kafka = KafkaSettings()
-    if kafka.bootstrap:
-        yield kafka
+def with_broker(settings: Settings) -> Iterator[Settings]:
+    """The settings with the configured Kafka, or with an embedded broker for the block."""
+    if settings.kafka.bootstrap:
+        yield settings
         return
-    if core.production:
-        raise RuntimeError("LOOKALIKE_PRODUCTION=1 needs LOOKALIKE_KAFKA_BOOTSTRAP (no embedded broker)")
+    if settings.core.production:
+        raise ValueError("LOOKALIKE_PRODUCTION=1 needs LOOKALIKE_KAFKA_BOOTSTRAP (no embedded broker)")
     with EmbeddedBroker() as broker:
-        yield kafka.model_copy(update={"bootstrap": broker.bootstrap})
+        yield replace(settings, kafka=settings.kafka.model_copy(update={"bootstrap": broker.bootstrap}))
 
 
 def prepare_catalogue(core: CoreSettings, images: Path | None) -> tuple[Catalogue, Path, str]:
@@ -84,9 +95,9 @@ def ingest(catalogue: Catalogue, store: Store, model: FeatureModel, kafka: Kafka
     return sent
 
 
-def extract(store: Store, model: FeatureModel, kafka: KafkaSettings, expected: int) -> None:
+def extract(store: Store, model: FeatureModel, settings: Settings, expected: int) -> None:
     """Run the extract worker until the images topic is drained, then apply stock."""
-    stack.run_stock_sync(store, kafka, drain=True)
+    stack.run_stock_sync(store, settings.kafka, drain=True)
     if expected == 0:
         return
     columns = (TextColumn("extract"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
@@ -95,8 +106,7 @@ def extract(store: Store, model: FeatureModel, kafka: KafkaSettings, expected: i
         _, metrics = stack.run_extract(
             store,
             model,
-            kafka,
-            ModelSettings(),
+            settings,
             drain=True,
             on_progress=lambda n, _lag: bar.advance(task, n),
         )
@@ -112,35 +122,64 @@ def extract(store: Store, model: FeatureModel, kafka: KafkaSettings, expected: i
 
 
 def spark_search(
-    store: Store, model: ModelInfo, queries: npt.NDArray[np.float32], opts: ScoreOptions
+    settings: Settings, store: Store, model: ModelInfo, queries: npt.NDArray[np.float32], opts: ScoreOptions
 ) -> QueryAnswer:
     """Score the query with the Spark job (which writes query_results); Spark stops after."""
     from search.spark.job import load_features, score_queries
     from search.spark.session import spark_scope
 
-    settings = SparkSettings()
-    with spark_scope(settings, store_url=store.url) as spark:
-        features = load_features(spark, store.url, model, settings.shards, settings)
-        return score_queries(spark, features, store.url, model, queries, opts)[0]
+    spark_settings = settings.spark
+    with spark_scope(spark_settings, store_url=store.url) as spark:
+        features = load_features(spark, store.url, model, spark_settings.shards, spark_settings)
+        return score_queries(spark, features, store.url, model, queries, opts, settings.search.dtype)[0]
 
 
-def run_demo(images: Path | None, console: Console) -> DemoResult:
-    core = CoreSettings()
+@contextlib.contextmanager
+def demo_session(
+    settings: Settings, images: Path | None, console: Console, *, live: bool
+) -> Iterator[DemoResult]:
+    """The demo run with a broker (embedded unless configured) that stays up for the block;
+    ``live``: the index follows the images topic, so what is extracted later is searchable."""
+    with with_broker(settings) as with_kafka:
+        result = run_demo(with_kafka, images, console, follow=live)
+        try:
+            yield result
+        finally:  # the index follower reads the topic: it stops before the broker does
+            stop_following(result.service.index)
+            result.store.close()
+
+
+def run_demo(
+    settings: Settings, images: Path | None, console: Console, *, follow: bool = False
+) -> DemoResult:
+    """``settings.kafka`` must name a broker (see :func:`demo_session`)."""
+    core = settings.core
     started = time.monotonic()
     catalogue, query_path, expected = prepare_catalogue(core, images)
     console.print(
         f"catalogue: {len(catalogue.listings)} listings, {catalogue.image_count} images ({catalogue.root})"
     )
-    store = stack.configured_store(core)
-    model = stack.configured_model(ModelSettings(), core)
-    with kafka_settings(core) as kafka:
-        sent = ingest(catalogue, store, model, kafka)
-        extract(store, model, kafka, sent)
+    store = stack.configured_store(settings)
+    model = stack.configured_model(settings)
+    console.print(f"model: {model.describe()}", markup=False, highlight=False, soft_wrap=True)
+    sent = ingest(catalogue, store, model, settings.kafka)
+    extract(store, model, settings, sent)
     query = model.embed_images([Image.open(query_path).convert("RGB")])
     opts = ScoreOptions(k=min(10, len(catalogue.listings)))
-    spark_answer = spark_search(store, model.info, query, opts)
+    spark_answer = spark_search(settings, store, model.info, query, opts)
     stored = answer_from_rows(spark_answer.query_id, store.read_query_results(spark_answer.query_id))
-    service = SearchService(store, load_index(store, model.info, progress=True), lambda: model)
+    observers = (
+        stack.arrival_observers(settings, store, model.info.name) if follow else []
+    )  # analytics alerts
+    index = load_index(
+        store,
+        model.info,
+        settings.search,
+        settings.kafka if follow else None,
+        progress=True,
+        observers=observers,
+    )
+    service = SearchService(store, index, lambda: model, settings.model.max_pixels)
     engine_answer = service.search_vector(query[0], opts)
 
     print_answer(
@@ -156,4 +195,95 @@ def run_demo(images: Path | None, console: Console) -> DemoResult:
         f"top listing {top!r} {'[green]is[/]' if top == expected else '[red]is not[/]'} "
         f"the one the query photo came from ({expected!r}); {time.monotonic() - started:.0f}s in all"
     )
-    return DemoResult(stored, engine_answer, expected, store, service)
+    return DemoResult(stored, engine_answer, expected, store, service, model, settings)
+
+
+# ---- serving the live stack --------------------------------------------------------------
+
+
+def session_key(api: ApiSettings) -> tuple[ApiSettings, str | None]:
+    """The API settings with a key for the ingest endpoints: those of ``LOOKALIKE_API_KEYS``
+    when set (None returned: nothing to print), else a new random one, returned to be printed."""
+    if api.keys:
+        return api, None
+    key = secrets.token_urlsafe(24)
+    return api.model_copy(update={"keys": [SecretStr(key)]}), key
+
+
+def print_usage(console: Console, api: ApiSettings, key: str | None) -> None:
+    host = "127.0.0.1" if api.host in ("0.0.0.0", "::", "") else api.host
+    base = f"http://{host}:{api.port}"
+    lines = [f"API and web page on {base}  (Ctrl-C to stop)"]
+    if key is None:
+        lines.append("API key: one of LOOKALIKE_API_KEYS")
+    else:
+        lines += [
+            f"API key for this session: {key}",
+            f"  the page, ready to add photos: {base}/#key={key}",
+        ]
+    shown = key or "YOUR-KEY"
+    lines += [
+        "  add a photo to a new or existing listing (searchable within seconds):",
+        f'  curl -H "X-API-Key: {shown}" -F listing=my-listing -F image=@photo.jpg {base}/v1/images',
+        "  find listings like a photo:",
+        f"  curl -F image=@photo.jpg {base}/v1/search/image",
+    ]
+    for line in lines:
+        console.print(line, markup=False, highlight=False, soft_wrap=True)
+    console.file.flush()  # at once, also into a pipe: the key is needed while the demo serves
+
+
+def serve_live(result: DemoResult, console: Console) -> int:
+    """Serve the API (ingest on) while an extract worker and the stock follower run on threads
+    and the index follows the images topic. SIGINT (Ctrl-C) or SIGTERM stops the server, then
+    the workers (they finish and commit the batches in flight); the caller stops the broker.
+    Returns the exit status: 0, or 1 when a worker died (the server is stopped then too)."""
+    settings = result.settings
+    api, key = session_key(settings.api)
+    app = create_app(api, stack.api_components(settings, result.service))
+    server = uvicorn.Server(uvicorn.Config(app, host=api.host, port=api.port, log_level="warning"))
+
+    def worker_died(name: str) -> None:
+        log.error("%s died: stopping the demo", name)
+        server.should_exit = True
+
+    with stop_on_signals(server):
+        loops = stack.start_live_workers(result.store, result.model, settings, worker_died)
+        try:
+            print_usage(console, api, key)
+            server.run()  # uvicorn handles SIGINT/SIGTERM while it serves, then hands them on
+        finally:
+            log.info("stopping the extract worker and the stock follower")
+            loops.close()
+    log.info("demo stopped")
+    return 1 if loops.failed else 0
+
+
+@contextlib.contextmanager
+def stop_on_signals(server: uvicorn.Server) -> Iterator[None]:
+    """SIGINT / SIGTERM outside uvicorn's own handling (before it serves, or passed on by it
+    after its shutdown): ask the server to exit; the caller then stops the rest in order."""
+
+    def stop(signum: int, frame: object) -> None:
+        if not server.should_exit:
+            log.info("%s: stopping", signal.Signals(signum).name)
+        server.should_exit = True
+
+    previous = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+def stop_following(index: SearchIndex) -> None:
+    """Stop the index's follower thread, if any, and close its topic reader."""
+    follower = index.follower
+    if follower is None:
+        return
+    follower.stop()
+    close = getattr(follower.source, "close", None)
+    if close is not None:
+        close()
+    index.follower = None

@@ -7,70 +7,121 @@ import os
 import threading
 from collections.abc import Callable, Sequence
 
-from confluent_kafka import Message
-
+from analytics.fresh import AlertPublisher, FreshScorer
+from analytics.run import analytics_store
+from api.deps import Components, Ingest
+from config.settings import KafkaSettings, Settings
 from extract.metrics import ExtractMetrics
-from extract.model import FeatureModel, load_model
+from extract.model import FeatureModel, load_model, resolve_model_name
 from extract.pipeline import ExtractPipeline
-from extract.worker import DeadLetters, DecodeOptions
+from extract.steps import DeadLetters, DecodeOptions
 from extract.writer import StoreWriter
-from ingest.broker import ensure_topics
-from ingest.producer import KafkaProducer
-from lookalike.consumer import ConsumerLoop, LoopStats
-from lookalike.settings import CoreSettings, ExtractSettings, KafkaSettings, ModelSettings
-from schemas.messages import MessageError, parse_stock
-from schemas.records import ModelInfo
+from messaging.admin import ensure_topics
+from messaging.consumer import ConsumerLoop, LoopStats, Message
+from messaging.producer import KafkaProducer
+from schemas.messages import MessageError, model_topic, parse_stock
+from search.follow import ChangeObserver
+from search.loader import load_index
+from search.service import SearchService
 from store import Store, StoreError, open_store
+from store.blobs import BlobStore, open_blobs
+from store.models import register_model, stored_model
 
 log = logging.getLogger(__name__)
 
 
-def configured_store(core: CoreSettings | None = None, apply_schema: bool = True) -> Store:
-    store = open_store((core or CoreSettings()).store_url())
+def configured_store(settings: Settings, apply_schema: bool = True) -> Store:
+    store = open_store(settings.core.store_url(), settings.cassandra)
     if apply_schema:
         store.apply_schema()
     return store
 
 
-def configured_model(
-    settings: ModelSettings | None = None,
-    core: CoreSettings | None = None,
-    extract: ExtractSettings | None = None,
-) -> FeatureModel:
-    m, core, ex = settings or ModelSettings(), core or CoreSettings(), extract or ExtractSettings()
+def configured_blobs(settings: Settings) -> BlobStore:
+    """Where every image's original bytes are kept (LOOKALIKE_BLOBS_URL; a folder by default)."""
+    return open_blobs(settings.blobs.blobs_url(settings.core.data_dir), settings.blobs)
+
+
+def configured_model(settings: Settings) -> FeatureModel:
+    m, ex = settings.model, settings.extract
     return load_model(
         m.name,
         weights=m.weights,
-        allow_random=m.allow_random and not core.production,
+        allow_random=m.allow_random and not settings.core.production,
         dtype=m.dtype,
         device=m.device,
         amp=ex.amp,
         channels_last=ex.channels_last,
+        production=settings.core.production,  # "auto" then means VGG16 fc7, weights required
     )
 
 
-def stored_model(store: Store, name: str | None = None) -> ModelInfo:
-    """The model whose vectors the store holds under ``name`` (the configured one by default)."""
-    name = name or ModelSettings().name
-    info = store.get_model(name)
-    if info is None:
-        raise RuntimeError(f"the store holds no vectors of model {name}: run `lookalike extract` first")
-    return info
+def model_name(settings: Settings) -> str:
+    """The configured model's name, ``auto`` resolved: what extract stores vectors under."""
+    return resolve_model_name(
+        settings.model.name, settings.model.weights, production=settings.core.production
+    )
 
 
-def register_model(store: Store, info: ModelInfo) -> None:
-    """Record the model; refuse to mix vectors of other weights under the same name."""
-    known = store.get_model(info.name)
-    if known is not None and (known.dim, known.dtype, known.weights) != (
-        info.dim,
-        info.dtype,
-        info.weights,
-    ):
-        raise StoreError(
-            f"the store holds {info.name} vectors made by {known.weights} ({known.dtype}); this worker "
-            f"has {info.weights} ({info.dtype}). Use another store, or re-extract everything."
-        )
-    store.put_model(info)
+def search_service(
+    settings: Settings,
+    store: Store,
+    model: str | None = None,
+    *,
+    progress: bool = False,
+    score_arrivals: bool = False,
+) -> SearchService:
+    """The engine over every stored vector of ``model`` (the configured one by default), kept
+    fresh by a follower; the CNN for image queries is loaded on first use. ``score_arrivals``:
+    the follower also scores new images against the last analytics run (and alerts)."""
+    info = stored_model(store, model or model_name(settings))
+    kafka = settings.kafka if settings.kafka.bootstrap else None
+    following = settings.search.follow in ("stream", "scan") or (settings.search.follow == "auto" and kafka)
+    observers = arrival_observers(settings, store, info.name) if score_arrivals and following else []
+    index = load_index(store, info, settings.search, kafka, progress=progress, observers=observers)
+    return SearchService(store, index, lazy(lambda: configured_model(settings)), settings.model.max_pixels)
+
+
+def api_components(settings: Settings, service: SearchService | None = None) -> Components:
+    """What the API's routers use: the query service (loaded from the store unless given) and,
+    when Kafka is configured, the ingest producer."""
+    service = service or search_service(
+        settings, configured_store(settings), progress=True, score_arrivals=True
+    )
+    kafka = settings.kafka
+    blobs = configured_blobs(settings)
+    if not kafka.bootstrap:
+        return Components(service, blobs=blobs)
+    producer = KafkaProducer(kafka.client_config(), kafka.max_message_bytes)
+    return Components(service, Ingest(producer, kafka), blobs=blobs)
+
+
+def arrival_observers(settings: Settings, store: Store, model: str) -> list[ChangeObserver]:
+    """Analytics' scoring of images stored after the last run, for the index follower; alerts go
+    to the alerts topic when Kafka is configured. None when the store keeps no analytics."""
+    try:
+        target = analytics_store(store)
+    except StoreError as exc:
+        log.info("arrivals are not scored: %s", exc)
+        return []
+    kafka, publish = settings.kafka, None
+    if kafka.bootstrap:
+        conf = kafka.client_config()
+        ensure_topics(conf, [kafka.alerts_topic], kafka.partitions, kafka.replication)
+        publish = AlertPublisher(KafkaProducer(conf, kafka.max_message_bytes), kafka.alerts_topic)
+    return [FreshScorer(target, model, publish)]
+
+
+def lazy(build: Callable[[], FeatureModel]) -> Callable[[], FeatureModel]:
+    """``build`` called once, on first use."""
+    made: list[FeatureModel] = []
+
+    def get() -> FeatureModel:
+        if not made:
+            made.append(build())
+        return made[0]
+
+    return get
 
 
 def default_batch_size(model: FeatureModel) -> int:
@@ -84,19 +135,23 @@ def default_decode_workers() -> int:
 def run_extract(
     store: Store,
     model: FeatureModel,
-    kafka: KafkaSettings,
-    model_settings: ModelSettings,
+    settings: Settings,
     *,
     drain: bool = False,
     stop: threading.Event | None = None,
     on_progress: Callable[[int, int | None], None] | None = None,
-    extract: ExtractSettings | None = None,
     metrics: ExtractMetrics | None = None,
+    blobs: BlobStore | None = None,
 ) -> tuple[LoopStats, ExtractMetrics]:
-    """Consume ``lookalike.images`` into the store until stopped (or drained)."""
-    ex, metrics = extract or ExtractSettings(), metrics or ExtractMetrics()
+    """Consume ``lookalike.images`` and the model's own re-embedding topic
+    (``lookalike.images.<model>``) into the store until stopped (or drained); the original
+    bytes are kept in the blob store (the configured one unless given)."""
+    ex, kafka, model_settings = settings.extract, settings.kafka, settings.model
+    metrics = metrics or ExtractMetrics()
     conf = kafka.client_config()
-    ensure_topics(conf, [kafka.images_topic, kafka.dlq_topic], kafka.partitions, kafka.replication)
+    topics = [kafka.images_topic, model_topic(kafka.images_topic, model.info.name)]
+    ensure_topics(conf, [*topics, kafka.dlq_topic], kafka.partitions, kafka.replication)
+    blobs = blobs or configured_blobs(settings)
     register_model(store, model.info)
     dlq = KafkaProducer(conf, kafka.max_message_bytes)
     opts = DecodeOptions(
@@ -107,7 +162,12 @@ def run_extract(
     )
     pipeline = ExtractPipeline(
         model,
-        StoreWriter(store, model_settings.dtype),
+        StoreWriter(
+            store,
+            model_settings.dtype,
+            blobs=blobs,
+            blobs_give_up_after_s=settings.blobs.give_up_after_s or None,
+        ),
         DeadLetters(dlq, kafka.dlq_topic),
         opts,
         metrics,
@@ -118,7 +178,7 @@ def run_extract(
         loop = ConsumerLoop(
             conf,
             kafka.group,
-            [kafka.images_topic],
+            topics,
             pipeline,
             batch_size=model_settings.batch_size or default_batch_size(model),
             session_timeout_ms=ex.session_timeout_ms,
@@ -130,7 +190,10 @@ def run_extract(
             loop.close()
     finally:
         pipeline.close()
-        dlq.flush()
+        try:
+            dlq.flush()
+        finally:
+            dlq.close()
 
 
 def run_stock_sync(
@@ -160,3 +223,55 @@ def run_stock_sync(
         return loop.run(stop, until_drained=drain)
     finally:
         loop.close()
+
+
+class BackgroundLoops:
+    """Long-running loops (an extract worker, the stock follower) on threads of this process,
+    each given the same stop event; ``close`` sets it and waits, so each loop finishes the
+    batches in flight and commits what it stored. A loop that dies is logged and reported to
+    ``on_failure`` (its name), e.g. to stop the server it feeds."""
+
+    def __init__(self, on_failure: Callable[[str], None] | None = None) -> None:
+        self.stop = threading.Event()
+        self.failed: list[str] = []
+        self._on_failure = on_failure
+        self._threads: list[threading.Thread] = []
+
+    def start(self, name: str, loop: Callable[[threading.Event], object]) -> None:
+        def run() -> None:
+            try:
+                loop(self.stop)
+            except BaseException:
+                log.exception("%s stopped", name)
+                self.failed.append(name)
+                if self._on_failure is not None:
+                    self._on_failure(name)
+
+        thread = threading.Thread(target=run, name=name, daemon=True)
+        thread.start()
+        self._threads.append(thread)
+
+    def close(self, timeout_s: float = 60.0) -> None:
+        self.stop.set()
+        for thread in self._threads:
+            thread.join(timeout_s)
+            if thread.is_alive():
+                log.warning("%s did not stop within %.0fs", thread.name, timeout_s)
+
+
+def start_live_workers(
+    store: Store, model: FeatureModel, settings: Settings, on_failure: Callable[[str], None] | None = None
+) -> BackgroundLoops:
+    """An extract worker and the stock follower on threads until ``close``; what they store is
+    logged, so a new upload can be followed on the console."""
+
+    def stored(n: int, _lag: int | None) -> None:
+        if n:
+            log.info("extract: %d image%s stored", n, "" if n == 1 else "s")
+
+    loops = BackgroundLoops(on_failure)
+    loops.start(
+        "extract-worker", lambda stop: run_extract(store, model, settings, stop=stop, on_progress=stored)
+    )
+    loops.start("stock-follower", lambda stop: run_stock_sync(store, settings.kafka, stop=stop))
+    return loops

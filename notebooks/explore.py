@@ -7,13 +7,14 @@ from collections import Counter
 
 import numpy as np
 
+from config.settings import Settings
 from lookalike import stack
-from lookalike.settings import ModelSettings
 from schemas.records import as_uuid
-from search.engine import load_index
+from search.loader import load_index
 from search.scoring import ScoreOptions
 
-store = stack.configured_store()
+settings = Settings.from_env()
+store = stack.configured_store(settings)
 for table in ("features", "images", "listings", "stock_level", "query_results", "models"):
     print(f"{table:14} {store.count(table):8d} rows")
 
@@ -21,9 +22,9 @@ for table in ("features", "images", "listings", "stock_level", "query_results", 
 # ## Vectors per listing, and the score spread of a query
 
 # %%
-info = store.get_model(ModelSettings().name)
+info = store.get_model(stack.model_name(settings))
 assert info is not None, "run `make demo` first"
-index = load_index(store, info)
+index = load_index(store, info, settings.search)
 rows = [index.image_vector(as_uuid(i)) for i in index.image_id_array()]
 per_listing = Counter(listing for listing, _ in rows)
 print("images per listing:", sorted(Counter(per_listing.values()).items()))

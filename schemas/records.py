@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -13,6 +14,11 @@ import numpy.typing as npt
 def as_uuid(raw: bytes | np.bytes_) -> uuid.UUID:
     """A UUID from a 16-byte id held in an ``S16`` array (numpy drops trailing NUL bytes)."""
     return uuid.UUID(bytes=bytes(raw).ljust(16, b"\0"))
+
+
+def id_array(ids: Iterable[uuid.UUID]) -> npt.NDArray[np.bytes_]:
+    """UUIDs as the ``S16`` array the engine and the stores hold ids in."""
+    return np.array([u.bytes for u in ids], dtype="S16")
 
 
 def utcnow() -> datetime:

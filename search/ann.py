@@ -16,7 +16,7 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-from lookalike.settings import SearchSettings
+from config.settings import SearchSettings
 from search import kernel
 
 log = logging.getLogger(__name__)

@@ -11,34 +11,23 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 import uuid
 from collections.abc import Iterable
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-from rich.progress import Progress
 
-from lookalike.settings import SearchSettings
+from config.settings import SearchSettings
 from schemas.codec import l2_normalise, numpy_dtype
-from schemas.records import FeatureBatch, ModelInfo, as_uuid
+from schemas.records import FeatureBatch, ModelInfo, as_uuid, id_array
 from search import ann, flat, kernel, scoring
-from search.scoring import ScoreOptions
+from search.scoring import RankedListing, ScoreOptions
 from search.segment import Segment, View, make_view
-from store import Store
 
 log = logging.getLogger(__name__)
 F32 = npt.NDArray[np.float32]
 I64 = npt.NDArray[np.int64]
-
-
-@dataclass(frozen=True)
-class RankedListing:
-    listing_id: uuid.UUID
-    score: float
-    matches: tuple[tuple[uuid.UUID, float], ...]
 
 
 class UnknownId(KeyError):
@@ -48,16 +37,12 @@ class UnknownId(KeyError):
         return str(self.args[0])
 
 
-def _ids(ids: Iterable[uuid.UUID]) -> npt.NDArray[np.bytes_]:
-    return np.array([u.bytes for u in ids], dtype="S16")
-
-
 class VectorIndex:
     """Exact search over every live vector; approximate search when built with an ANN."""
 
-    def __init__(self, model: ModelInfo, settings: SearchSettings | None = None) -> None:
+    def __init__(self, model: ModelInfo, settings: SearchSettings) -> None:
         self.model = model
-        self.settings = settings or SearchSettings()
+        self.settings = settings
         self.dtype = numpy_dtype(self.settings.dtype)
         self._lock = threading.Lock()
         empty = Segment.empty(self.dtype, model.dim)
@@ -108,14 +93,14 @@ class VectorIndex:
 
     def remove_images(self, image_ids: Iterable[uuid.UUID]) -> int:
         """Remove images; returns how many were present."""
-        return self._remove(_ids(image_ids), "image_ids")
+        return self._remove(id_array(image_ids), "image_ids")
 
     def remove_listing(self, listing_id: uuid.UUID) -> int:
         """Remove every image of a listing; returns how many were present."""
-        return self._remove(_ids([listing_id]), "listing_ids")
+        return self._remove(id_array([listing_id]), "listing_ids")
 
     def remove_listings(self, listing_ids: Iterable[uuid.UUID]) -> int:
-        return self._remove(_ids(listing_ids), "listing_ids")
+        return self._remove(id_array(listing_ids), "listing_ids")
 
     def _remove(self, ids: npt.NDArray[np.bytes_], field: str) -> int:
         with self._lock:
@@ -198,13 +183,7 @@ class VectorIndex:
 
     # -- search ---------------------------------------------------------------------------
     def check_queries(self, queries: npt.NDArray[np.floating]) -> F32:
-        q = np.asarray(queries, dtype=np.float32)
-        if q.ndim == 1:
-            q = q.reshape(1, -1)
-        if q.ndim != 2 or q.shape[1] != self.model.dim:
-            got = q.shape[-1] if q.ndim else 0
-            raise ValueError(f"query vector must have {self.model.dim} values, got {got}")
-        return q
+        return scoring.as_queries(queries, self.model.dim)
 
     def search(
         self,
@@ -244,7 +223,8 @@ class VectorIndex:
         scores = v.score(q)
         allowed = _allowed(v.listing_ids, excluded, only)
         return [
-            _ranked(scores[:, j], v.starts, v.listing_ids, v.image_ids, allowed, opts) for j in range(len(q))
+            scoring.ranked(scores[:, j], v.starts, v.listing_ids, v.image_ids, allowed, opts)
+            for j in range(len(q))
         ]
 
     def _first_pass_applies(self, v: View, opts: ScoreOptions) -> bool:
@@ -304,10 +284,7 @@ class VectorIndex:
         scores = kernel.score(v.vectors(v.order[positions]), q.reshape(1, -1))[:, 0]
         listing_ids = v.listing_ids[li]
         allowed = _allowed(listing_ids, exclude, only)
-        return _ranked(scores, sub_starts, listing_ids, v.image_ids[positions], allowed, opts)
-
-
-ExactIndex = VectorIndex  # the name it had when it was only exact
+        return scoring.ranked(scores, sub_starts, listing_ids, v.image_ids[positions], allowed, opts)
 
 
 def _allowed(
@@ -315,52 +292,7 @@ def _allowed(
 ) -> npt.NDArray[np.bool_]:
     allowed = np.ones(len(listing_ids), dtype=bool)
     if only is not None:
-        allowed &= np.isin(listing_ids, _ids(only))
+        allowed &= np.isin(listing_ids, id_array(only))
     if exclude:
-        allowed &= ~np.isin(listing_ids, _ids(exclude))
+        allowed &= ~np.isin(listing_ids, id_array(exclude))
     return allowed
-
-
-def _ranked(
-    scores: F32,
-    starts: I64,
-    listing_ids: npt.NDArray[np.bytes_],
-    image_ids: npt.NDArray[np.bytes_],
-    allowed: npt.NDArray[np.bool_],
-    opts: ScoreOptions,
-) -> list[RankedListing]:
-    column = np.ascontiguousarray(scores)
-    per_listing = scoring.aggregate(column, starts, opts)
-    ends = np.append(starts[1:], len(column))
-    out = []
-    for i in scoring.rank(per_listing, listing_ids, allowed, opts):
-        found = scoring.matches(column, int(starts[i]), int(ends[i]), opts.max_matches)
-        out.append(
-            RankedListing(
-                as_uuid(listing_ids[i]),
-                float(per_listing[i]),
-                tuple((as_uuid(image_ids[r]), s) for r, s in found),
-            )
-        )
-    return out
-
-
-def load_index(
-    store: Store, model: ModelInfo, progress: bool = False, settings: SearchSettings | None = None
-) -> VectorIndex:
-    """Read every vector of ``model`` from the store into a new index (with a progress bar)."""
-    index = VectorIndex(model, settings)
-    ann.configure_threads(index.settings.threads)
-    loaded_from_ms = int(time.time() * 1000)
-    parts: list[FeatureBatch | Segment] = []
-    with Progress(disable=not progress, transient=True) as bar:
-        task = bar.add_task(f"loading {model.name} vectors", total=None)
-        for batch in store.scan_features(model):
-            parts.append(Segment.build([batch], index.dtype, model.dim))  # held in the index's dtype
-            bar.advance(task, len(batch))
-    index.reset(parts)
-    log.info("index: %d vectors of %s in %d listings", len(index), model.name, index.listing_count)
-    from search.follow import start_following  # follow builds on this module
-
-    index.follower = start_following(store, model, index, loaded_from_ms)
-    return index

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -18,7 +19,7 @@ import numpy as np
 import numpy.typing as npt
 
 from schemas.records import FeatureBatch, ModelInfo, as_uuid
-from search.engine import VectorIndex
+from search.tier import SearchIndex
 from store import Store, StoreError
 
 log = logging.getLogger(__name__)
@@ -46,7 +47,7 @@ class StoreScanSource:
     """Diffs a scan of the store against the index: rows the index lacks are upserts, images
     the store no longer has are removals."""
 
-    def __init__(self, store: Store, model: ModelInfo, index: VectorIndex) -> None:
+    def __init__(self, store: Store, model: ModelInfo, index: SearchIndex) -> None:
         self.store, self.model, self.index = store, model, index
 
     def poll(self) -> Changes:
@@ -61,7 +62,7 @@ class StoreScanSource:
         return Changes(FeatureBatch.concat(upserts, self.model.dim), held[~np.isin(held, stored)])
 
 
-def apply(index: VectorIndex, changes: Changes) -> None:
+def apply(index: SearchIndex, changes: Changes) -> None:
     if len(changes.removed_listings):
         index.remove_listings(as_uuid(i) for i in changes.removed_listings)
     if len(changes.removed_images):
@@ -70,13 +71,26 @@ def apply(index: VectorIndex, changes: Changes) -> None:
         index.add(changes.upserts)
 
 
-class Follower:
-    """Polls a change source every ``interval_s`` on a daemon thread and applies it."""
+# Called with what the follower applied, after it is searchable (e.g. the roof wires analytics'
+# scoring of arrivals here: search never imports analytics).
+ChangeObserver = Callable[[SearchIndex, Changes], None]
 
-    def __init__(self, index: VectorIndex, source: ChangeSource, interval_s: float) -> None:
+
+class Follower:
+    """Polls a change source every ``interval_s`` on a daemon thread, applies it, then tells the
+    observers. An observer's failure is logged and never stops the index following."""
+
+    def __init__(
+        self,
+        index: SearchIndex,
+        source: ChangeSource,
+        interval_s: float,
+        observers: Sequence[ChangeObserver] = (),
+    ) -> None:
         if interval_s <= 0:
             raise ValueError(f"the follow interval must be positive, got {interval_s}")
         self.index, self.source, self.interval_s = index, source, interval_s
+        self.observers = tuple(observers)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="index-follower", daemon=True)
         self.polls = 0
@@ -89,6 +103,12 @@ class Follower:
         changes = self.source.poll()
         apply(self.index, changes)
         self.polls += 1
+        if len(changes):
+            for observe in self.observers:
+                try:
+                    observe(self.index, changes)
+                except Exception:  # the observer's own bug: keep the index fresh regardless
+                    log.exception("index follower: observer %r failed", observe)
         return len(changes)
 
     def _run(self) -> None:
@@ -110,34 +130,3 @@ class Follower:
         self._stop.set()
         if self._thread.is_alive():
             self._thread.join()
-
-
-def start_following(
-    store: Store, model: ModelInfo, index: VectorIndex, loaded_from_ms: int
-) -> Follower | None:
-    """The follower the settings ask for, started; None when following is off."""
-    from lookalike.settings import KafkaSettings
-
-    settings, kafka = index.settings, KafkaSettings()
-    mode = settings.follow
-    if mode == "auto":
-        mode = "stream" if kafka.bootstrap else "off"
-    if mode == "off":
-        log.info("index follower off: vectors stored from now on are searchable after a restart")
-        return None
-    source: ChangeSource
-    if mode == "stream":
-        from search.follow_kafka import ImageStreamSource
-
-        since = loaded_from_ms - int(settings.follow_lookback_s * 1000)
-        try:
-            source = ImageStreamSource(kafka.client_config(), kafka.images_topic, store, model, index, since)
-        except RuntimeError as exc:
-            if settings.follow == "stream":  # asked for explicitly: fail loudly
-                raise
-            log.warning("index follower off: %s", exc)
-            return None
-    else:
-        source = StoreScanSource(store, model, index)
-    log.info("index follower: %s every %.1fs", mode, settings.follow_interval_s)
-    return Follower(index, source, settings.follow_interval_s).start()

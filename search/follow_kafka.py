@@ -13,17 +13,15 @@ import itertools
 import logging
 import time
 import uuid
-from collections.abc import Iterable
 
 import numpy as np
-import numpy.typing as npt
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
 
-from lookalike.settings import KafkaConfig
+from config.settings import KafkaConfig
+from messaging.tail import TopicTail
 from schemas.messages import ImageMessage, MessageError, parse_image_topic
-from schemas.records import FeatureBatch, ModelInfo
-from search.engine import VectorIndex
+from schemas.records import FeatureBatch, ModelInfo, id_array
 from search.follow import Changes
+from search.tier import SearchIndex
 from store import Store
 
 log = logging.getLogger(__name__)
@@ -39,55 +37,26 @@ class ImageStreamSource:
         topic: str,
         store: Store,
         model: ModelInfo,
-        index: VectorIndex,
+        index: SearchIndex,
         since_ms: int,
         max_wait_s: float = 3600.0,
     ) -> None:
         self.store, self.model, self.index, self.max_wait_s = store, model, index, max_wait_s
         self.pending: dict[uuid.UUID, tuple[uuid.UUID, float]] = {}  # image -> (listing, seen at)
-        self._consumer = Consumer(
-            {
-                **client_config,
-                "group.id": f"lookalike-index-{uuid.uuid4().hex}",
-                "enable.auto.commit": False,
-                "auto.offset.reset": "earliest",
-            }
-        )
-        self._assign(topic, since_ms)
-
-    def _assign(self, topic: str, since_ms: int) -> None:
-        try:
-            meta = self._consumer.list_topics(topic, timeout=10)
-        except KafkaException as exc:
-            raise RuntimeError(f"cannot follow {topic}: {exc}") from None
-        partitions = sorted(meta.topics[topic].partitions) if topic in meta.topics else []
-        if not partitions:
-            raise RuntimeError(f"topic {topic} does not exist (yet): nothing to follow")
-        wanted = [TopicPartition(topic, p, since_ms) for p in partitions]
-        try:
-            start = self._consumer.offsets_for_times(wanted, timeout=10)
-        except KafkaException as exc:  # a broker without time lookups: read from the start
-            log.warning("offsets by time unavailable (%s): following %s from its beginning", exc, topic)
-            start = [TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions]
-        self._consumer.assign(start)
+        self._tail = TopicTail(client_config, topic, since_ms)
 
     def poll(self) -> Changes:
         removed_images, removed_listings = self._read_announcements()
-        return Changes(self._stored_vectors(), _ids(removed_images), _ids(removed_listings))
+        return Changes(self._stored_vectors(), id_array(removed_images), id_array(removed_listings))
 
     def _read_announcements(self, max_messages: int = 1000) -> tuple[list[uuid.UUID], list[uuid.UUID]]:
         """Announced images become pending; returns the images and listings removed."""
         now = time.monotonic()
         removed_images: list[uuid.UUID] = []
         removed_listings: list[uuid.UUID] = []
-        for m in self._consumer.consume(max_messages, timeout=0.05):
-            err = m.error()
-            if err is not None:
-                if err.code() == KafkaError._PARTITION_EOF:
-                    continue
-                raise KafkaException(err)
+        for headers, value in self._tail.read(max_messages):
             try:
-                msg = parse_image_topic(m.headers(), m.value())
+                msg = parse_image_topic(headers, value)
             except MessageError:
                 continue  # the workers dead-letter it; nothing will be stored
             if isinstance(msg, ImageMessage):
@@ -105,7 +74,7 @@ class ImageStreamSource:
         if not self.pending:
             return FeatureBatch.empty(self.model.dim)
         ids = list(self.pending)
-        for image, held in zip(ids, np.isin(_ids(ids), self.index.image_id_array()), strict=True):
+        for image, held in zip(ids, np.isin(id_array(ids), self.index.image_id_array()), strict=True):
             if held:  # re-sent image the index already has
                 del self.pending[image]
         checked = list(itertools.islice(self.pending, CHECK_PER_POLL))
@@ -124,7 +93,7 @@ class ImageStreamSource:
 
     def _rows(self, listing: uuid.UUID, images: list[uuid.UUID]) -> FeatureBatch:
         batch = self.store.listing_features(listing, self.model)
-        keep = np.isin(batch.image_ids, _ids(images))
+        keep = np.isin(batch.image_ids, id_array(images))
         return FeatureBatch(batch.listing_ids[keep], batch.image_ids[keep], batch.vectors[keep])
 
     def _expire(self) -> None:
@@ -134,8 +103,4 @@ class ImageStreamSource:
             del self.pending[image]
 
     def close(self) -> None:
-        self._consumer.close()
-
-
-def _ids(ids: Iterable[uuid.UUID]) -> npt.NDArray[np.bytes_]:
-    return np.array([u.bytes for u in ids], dtype="S16")
+        self._tail.close()

@@ -6,15 +6,18 @@ its images' scores; ties rank by listing id (bytes order, which is also UUID-str
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
 import numpy.typing as npt
 
+from schemas.records import as_uuid
+
 Aggregation = Literal["max", "mean_top_n", "count_above"]
 AGGREGATIONS: tuple[str, ...] = ("max", "mean_top_n", "count_above")
-MAX_K = 1000  # the most listings a caller may ask for
+MAX_K = 1000  # the most listings a caller may ask for (checked where requests enter)
 F32 = npt.NDArray[np.float32]
 I64 = npt.NDArray[np.int64]
 
@@ -37,10 +40,16 @@ class ScoreOptions:
             raise ValueError(f"top_n must be at least 1, got {self.top_n}")
 
 
-def check_k(k: int) -> None:
-    """A caller's k: between 1 and MAX_K (the engine may widen internally past it)."""
-    if not 1 <= k <= MAX_K:
-        raise ValueError(f"k must be between 1 and {MAX_K}, got {k}")
+def as_queries(queries: npt.NDArray[np.floating], dim: int) -> F32:
+    """Query vectors as a (n, dim) float32 array; one vector may come flat. The one shape check
+    where queries enter an index (both tiers)."""
+    q = np.asarray(queries, dtype=np.float32)
+    if q.ndim == 1:
+        q = q.reshape(1, -1)
+    if q.ndim != 2 or q.shape[1] != dim:
+        got = q.shape[-1] if q.ndim else 0
+        raise ValueError(f"query vector must have {dim} values, got {got}")
+    return q
 
 
 def group_starts(listing_ids: npt.NDArray[np.bytes_]) -> I64:
@@ -92,3 +101,36 @@ def matches(scores: F32, start: int, stop: int, max_matches: int) -> list[tuple[
     part = scores[start:stop]
     order = np.lexsort((np.arange(len(part)), -part))[:max_matches]
     return [(start + int(i), float(part[i])) for i in order]
+
+
+@dataclass(frozen=True)
+class RankedListing:
+    listing_id: uuid.UUID
+    score: float
+    matches: tuple[tuple[uuid.UUID, float], ...]
+
+
+def ranked(
+    scores: F32,
+    starts: I64,
+    listing_ids: npt.NDArray[np.bytes_],
+    image_ids: npt.NDArray[np.bytes_],
+    allowed: npt.NDArray[np.bool_],
+    opts: ScoreOptions,
+) -> list[RankedListing]:
+    """Listings aggregated from their images' ``scores`` (rows of one listing contiguous from
+    ``starts``), ranked, each with its best matching images: the answer's one definition."""
+    column = np.ascontiguousarray(scores)
+    per_listing = aggregate(column, starts, opts)
+    ends = np.append(starts[1:], len(column))
+    out = []
+    for i in rank(per_listing, listing_ids, allowed, opts):
+        found = matches(column, int(starts[i]), int(ends[i]), opts.max_matches)
+        out.append(
+            RankedListing(
+                as_uuid(listing_ids[i]),
+                float(per_listing[i]),
+                tuple((as_uuid(image_ids[r]), s) for r, s in found),
+            )
+        )
+    return out

@@ -16,10 +16,11 @@ from extract.decode import decode
 from extract.model import FeatureModel
 from schemas.codec import l2_normalise
 from schemas.records import ImageMatch, ListingResult, QueryAnswer, StockLevel
-from search import scoring
-from search.engine import RankedListing, UnknownId, VectorIndex
-from search.scoring import ScoreOptions
-from store import ResultRow, Store
+from search.engine import UnknownId
+from search.scoring import RankedListing, ScoreOptions
+from search.tier import SearchIndex
+from store import Store
+from store.results import result_rows
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +46,7 @@ class SearchService:
     def __init__(
         self,
         store: Store,
-        index: VectorIndex,
+        index: SearchIndex,
         model_factory: Callable[[], FeatureModel] | None = None,
         max_pixels: int = 40_000_000,
     ) -> None:
@@ -83,10 +84,7 @@ class SearchService:
             combined = self.index.listing_vectors(query.listing_id).mean(axis=0, keepdims=True)
             return l2_normalise(combined)[0], query.listing_id
         assert query.vector is not None
-        vector = np.asarray(query.vector, dtype=np.float32).reshape(-1)
-        if vector.shape != (self.index.model.dim,):
-            raise ValueError(f"vector must have {self.index.model.dim} values, got {vector.shape[0]}")
-        return l2_normalise(vector), None
+        return l2_normalise(np.asarray(query.vector, dtype=np.float32).reshape(-1)), None
 
     def search(self, query: Query, opts: ScoreOptions, in_stock_only: bool = False) -> QueryAnswer:
         vector, own = self.vector_of(query)
@@ -110,10 +108,9 @@ class SearchService:
     ) -> list[QueryAnswer]:
         """One answer per row of ``vectors`` (ranked together: one matrix product), each
         written to ``query_results``."""
-        scoring.check_k(opts.k)
-        queries = self.index.check_queries(vectors)
         excluded = [exclude] if exclude else []
-        ranked = self.index.search_many(queries, opts, excluded)
+        ranked = self.index.search_many(vectors, opts, excluded)  # checks the vectors' shape
+        queries = np.asarray(vectors, dtype=np.float32).reshape(len(ranked), -1)
         return [
             self._answer(*self._with_stock(q, first, opts, in_stock_only, excluded))
             for q, first in zip(queries, ranked, strict=True)
@@ -132,7 +129,7 @@ class SearchService:
             for r in ranked
         )
         answer = QueryAnswer(uuid.uuid4(), results)
-        self.store.write_query_results(answer.query_id, [_row(r) for r in results])
+        self.store.write_query_results(answer.query_id, result_rows(answer))
         return answer
 
     def _with_stock(
@@ -157,31 +154,4 @@ class SearchService:
             ranked = self.index.search(vector, dataclasses.replace(opts, k=want), exclude)
 
 
-def _row(result: ListingResult) -> ResultRow:
-    return ResultRow(
-        result.score,
-        result.listing_id,
-        result.listing_name,
-        result.inventory,
-        tuple((m.image_id, m.score) for m in result.images),
-    )
-
-
-def answer_from_rows(query_id: uuid.UUID, rows: list[ResultRow]) -> QueryAnswer:
-    """A stored answer, read back from ``query_results``."""
-    return QueryAnswer(
-        query_id,
-        tuple(
-            ListingResult(
-                r.listing_id,
-                r.listing_name,
-                r.score,
-                r.inventory,
-                tuple(ImageMatch(i, s) for i, s in r.matches),
-            )
-            for r in rows
-        ),
-    )
-
-
-__all__ = ["Query", "SearchService", "UnknownId", "answer_from_rows"]
+__all__ = ["Query", "SearchService", "UnknownId"]

@@ -11,6 +11,7 @@ from typing import Protocol
 import numpy as np
 
 from schemas.records import Extracted, FeatureBatch, ImageRecord, ModelInfo, StockLevel
+from store.migrations import Migration
 
 QUERY_TTL_SECONDS = 7 * 24 * 3600
 TABLES = ("features", "images", "images_by_id", "listings", "stock_level", "query_results", "models")
@@ -61,8 +62,9 @@ class Store(Protocol):
 
     url: str
 
-    def apply_schema(self) -> list[str]:
-        """Create or migrate tables; idempotent. Returns the versions applied now."""
+    def apply_schema(self, migrations: Sequence[Migration] | None = None) -> list[str]:
+        """Create or migrate tables from the numbered CQL files (``schemas/cql`` unless given);
+        idempotent. Returns the versions applied now."""
         ...
 
     def applied_versions(self) -> list[tuple[str, str]]:
@@ -72,6 +74,10 @@ class Store(Protocol):
     def put_model(self, info: ModelInfo) -> None: ...
 
     def get_model(self, name: str) -> ModelInfo | None: ...
+
+    def models(self) -> list[ModelInfo]:
+        """Every model the store holds vectors of (the `models` table), by name."""
+        ...
 
     def write_extracted(self, batch: Sequence[Extracted], dtype: str) -> None:
         """Upsert images, listings and features of a batch; idempotent."""
@@ -97,7 +103,17 @@ class Store(Protocol):
         each row exactly once; a listing's rows are contiguous and never span shards."""
         ...
 
+    def count_features(self, model: ModelInfo) -> int:
+        """How many vectors of one model are stored (what a full scan would yield now), so a
+        loader can size its buffer before scanning."""
+        ...
+
     def listing_features(self, listing_id: uuid.UUID, model: ModelInfo) -> FeatureBatch: ...
+
+    def listings_features(self, listing_ids: Sequence[uuid.UUID], model: ModelInfo) -> FeatureBatch:
+        """The vectors of one model of many listings (each listing one partition read), rows
+        ordered by (listing id, image id) bytes; unknown or repeated ids add nothing."""
+        ...
 
     def image_listing(self, image_id: uuid.UUID) -> uuid.UUID | None: ...
 
@@ -107,6 +123,10 @@ class Store(Protocol):
 
     def listing_images(self, listing_id: uuid.UUID) -> list[ImageRecord]:
         """A listing's images (one partition read); order unspecified."""
+        ...
+
+    def scan_images(self, batch_size: int = 1000) -> Iterator[list[ImageRecord]]:
+        """Every image record, in pages of at most ``batch_size`` (``lookalike reembed``)."""
         ...
 
     def listing_names(self, listing_ids: Sequence[uuid.UUID]) -> Mapping[uuid.UUID, str]: ...

@@ -14,14 +14,17 @@ from collections.abc import Iterator, Mapping, Sequence
 
 import numpy as np
 
+from config.cassandra import CassandraSettings
 from schemas import codec
 from schemas.records import Extracted, FeatureBatch, ImageRecord, ModelInfo, StockLevel, utcnow
 from store import cassandra_schema
+from store.analytics_cassandra import CassandraAnalytics
 from store.base import QUERY_TTL_SECONDS, ResultRow, StoreError, check_table, f32, matches_json, parse_matches
 from store.cassandra_scan import TokenRange, ordered_parallel, shard_ranges
 from store.cassandra_schema import utc
 from store.cassandra_session import CqlSession, Row
-from store.cassandra_settings import CassandraSettings, parse_url
+from store.cassandra_url import parse_url
+from store.migrations import Migration
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +33,10 @@ MAX_TTL_SECONDS = 630_720_000  # Cassandra's limit: 20 years
 # -- data ---------------------------------------------------------------------------------
 INSERT_MODEL = "INSERT INTO models (name, version, dim, dtype, weights, created_at) VALUES (?, ?, ?, ?, ?, ?)"
 SELECT_MODEL = "SELECT name, version, dim, dtype, weights FROM models WHERE name = ?"
+SELECT_MODELS = "SELECT name, version, dim, dtype, weights FROM models"
+SCAN_IMAGES = (
+    "SELECT listing_id, image_id, uri, content_type, width, height, size_bytes, ingested_at FROM images"
+)
 INSERT_FEATURE = (
     "INSERT INTO features (listing_id, model, image_id, feature_vector, created_at) VALUES (?, ?, ?, ?, ?)"
 )
@@ -77,9 +84,13 @@ SELECT_RESULTS = (
 )
 SELECT_RESULTS_TOP = SELECT_RESULTS + " LIMIT ?"
 COUNT_ROWS = "SELECT count(*) FROM {table}"
+COUNT_FEATURES = (
+    "SELECT count(*) FROM features "
+    "WHERE token(listing_id) > ? AND token(listing_id) <= ? AND model = ? ALLOW FILTERING"
+)
 
 
-class CassandraStore:
+class CassandraStore(CassandraAnalytics):
     """The production store. Thread-safe; connects in the constructor."""
 
     def __init__(self, url: str, settings: CassandraSettings | None = None) -> None:
@@ -93,11 +104,11 @@ class CassandraStore:
         return f"CassandraStore(url={self.url!r}, user={user!r}, tls={self.settings.tls})"
 
     # -- schema ---------------------------------------------------------------------------
-    def apply_schema(self) -> list[str]:
-        """Create the keyspace, then apply the CQL files not applied yet, in order, under a
-        cluster-wide lock, so several machines may run it at once. Returns the versions
-        applied now."""
-        return cassandra_schema.apply_schema(self._cql)
+    def apply_schema(self, migrations: Sequence[Migration] | None = None) -> list[str]:
+        """Create the keyspace, then apply the CQL files not applied yet (``schemas/cql`` unless
+        given), in order, under a cluster-wide lock, so several machines may run it at once.
+        Returns the versions applied now."""
+        return cassandra_schema.apply_schema(self._cql, migrations)
 
     def applied_versions(self) -> list[tuple[str, str]]:
         """(version, applied_at ISO 8601) of every applied CQL file, in order."""
@@ -111,6 +122,10 @@ class CassandraStore:
     def get_model(self, name: str) -> ModelInfo | None:
         row = self._cql.execute(SELECT_MODEL, (name,)).one()
         return ModelInfo(row[0], row[1], int(row[2]), row[3], row[4]) if row else None
+
+    def models(self) -> list[ModelInfo]:
+        rows = self._cql.rows(SELECT_MODELS)
+        return sorted((ModelInfo(r[0], r[1], int(r[2]), r[3], r[4]) for r in rows), key=lambda m: m.name)
 
     # -- writes from the extract worker ---------------------------------------------------
     def write_extracted(self, batch: Sequence[Extracted], dtype: str) -> None:
@@ -208,9 +223,26 @@ class CassandraStore:
         if pending:
             yield _feature_batch(pending, model)
 
+    def count_features(self, model: ModelInfo) -> int:
+        """Counted server-side per token range (as the scan splits the ring): no vector moves."""
+        splits = self.settings.scan_splits or max(8, 4 * self._cql.host_count())
+        timeout = self.settings.ddl_timeout_s
+        return sum(
+            int(self._cql.execute(COUNT_FEATURES, (*r, model.name), timeout=timeout).one()[0])
+            for r in shard_ranges(0, 1, splits)
+        )
+
     def listing_features(self, listing_id: uuid.UUID, model: ModelInfo) -> FeatureBatch:
         rows = self._cql.rows(SELECT_LISTING_FEATURES, (listing_id, model.name))
         return _feature_batch(sorted(rows, key=lambda r: r[1].bytes), model)  # as SQLite
+
+    def listings_features(self, listing_ids: Sequence[uuid.UUID], model: ModelInfo) -> FeatureBatch:
+        """One partition slice per listing, read concurrently (at most ``concurrency`` in flight)."""
+        ids = sorted(set(listing_ids), key=lambda i: i.bytes)
+        reads = [(SELECT_LISTING_FEATURES, (i, model.name)) for i in ids]
+        results = self._cql.execute_many(reads, write=False)
+        rows = [row for rs in results for row in rs]
+        return _feature_batch(sorted(rows, key=lambda r: (r[0].bytes, r[1].bytes)), model)  # as SQLite
 
     def image_listing(self, image_id: uuid.UUID) -> uuid.UUID | None:
         row = self._cql.execute(SELECT_IMAGE_LISTING, (image_id,)).one()
@@ -227,6 +259,17 @@ class CassandraStore:
 
     def listing_images(self, listing_id: uuid.UUID) -> list[ImageRecord]:
         return [_image(row) for row in self._cql.execute(SELECT_LISTING_IMAGES, (listing_id,))]
+
+    def scan_images(self, batch_size: int = 1000) -> Iterator[list[ImageRecord]]:
+        """A paged full scan of `images` (driver pages, each retried)."""
+        pending: list[ImageRecord] = []
+        for page in self._cql.pages(SCAN_IMAGES):
+            pending.extend(_image(row) for row in page)
+            while len(pending) >= batch_size:
+                yield pending[:batch_size]
+                del pending[:batch_size]
+        if pending:
+            yield pending
 
     def listing_names(self, listing_ids: Sequence[uuid.UUID]) -> Mapping[uuid.UUID, str]:
         ids = list(dict.fromkeys(listing_ids))

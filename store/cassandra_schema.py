@@ -11,14 +11,14 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 
 from schemas.records import utcnow
 from store.base import StoreError, StoreUnavailable
 from store.cassandra_session import CqlSession
-from store.migrations import load_migrations
+from store.migrations import Migration, load_migrations
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +38,7 @@ SELECT_VERSIONS = "SELECT version, applied_at, checksum FROM schema_versions"
 INSERT_VERSION = "INSERT INTO schema_versions (version, applied_at, checksum) VALUES (?, ?, ?)"
 
 
-def apply_schema(cql: CqlSession) -> list[str]:
+def apply_schema(cql: CqlSession, migrations: Sequence[Migration] | None = None) -> list[str]:
     """Create the keyspace if absent, then apply the CQL files not applied yet, in order.
     Returns the versions applied by this call; idempotent."""
     keyspace = cql.target.keyspace
@@ -56,7 +56,7 @@ def apply_schema(cql: CqlSession) -> list[str]:
     applied: list[str] = []
     with _schema_lock(cql):
         done = {row[0]: row[2] for row in cql.rows(SELECT_VERSIONS, write=True)}
-        for migration in load_migrations():
+        for migration in load_migrations() if migrations is None else migrations:
             if migration.version in done:
                 if done[migration.version] != migration.checksum:
                     log.warning(

@@ -44,8 +44,9 @@ from tenacity import (
     wait_exponential,
 )
 
+from config.cassandra import CassandraSettings
 from store.base import StoreError, StoreUnavailable
-from store.cassandra_settings import CassandraSettings, CassandraTarget
+from store.cassandra_url import CassandraTarget
 
 log = logging.getLogger(__name__)
 

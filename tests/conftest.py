@@ -15,11 +15,12 @@ import torch
 from PIL import Image
 from torch import nn
 
+from config.cassandra import CassandraSettings
 from extract.model import SPECS, FeatureModel
 from schemas.records import ModelInfo
 from store import Store, open_store
 from store.cassandra_session import CqlSession
-from store.cassandra_settings import CassandraSettings, parse_url
+from store.cassandra_url import parse_url
 from store.sqlite import SQLiteStore
 
 
@@ -111,7 +112,7 @@ def sqlite_store(tmp_path: Path) -> Iterator[SQLiteStore]:
 @pytest.fixture(scope="session")
 def broker() -> Iterator[str]:
     """A real Kafka-protocol broker (Tansu) on 127.0.0.1 for the whole session."""
-    from ingest.broker import EmbeddedBroker
+    from messaging.broker import EmbeddedBroker
 
     with EmbeddedBroker() as b:
         yield b.bootstrap
@@ -119,7 +120,7 @@ def broker() -> Iterator[str]:
 
 @pytest.fixture(scope="session")
 def spark():  # type: ignore[no-untyped-def]
-    from lookalike.settings import SparkSettings
+    from config.settings import SparkSettings
     from search.spark.session import spark_session
 
     session = spark_session(SparkSettings(master="local[2]"), "lookalike-tests")

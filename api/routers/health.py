@@ -7,7 +7,9 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from api.deps import Service
+from api.deps import IndexDep, StoreDep
+from messaging.admin import broker_health
+from store import StoreError
 
 router = APIRouter(tags=["health"])
 
@@ -19,20 +21,21 @@ async def healthz() -> dict[str, str]:
 
 
 @router.get("/readyz")
-async def readyz(request: Request, service: Service) -> JSONResponse:
+async def readyz(request: Request, store: StoreDep, index: IndexDep) -> JSONResponse:
     """Store, index and (when configured) broker are usable; 503 says which is not."""
     checks: dict[str, str] = {}
     try:
-        await run_in_threadpool(service.store.get_model, service.index.model.name)
+        await run_in_threadpool(store.get_model, index.model.name)
         checks["store"] = "ok"
-    except Exception as exc:  # any failure means not ready; the reason is reported
+    except StoreError as exc:
         checks["store"] = f"unavailable: {exc}"
-    checks["index"] = f"ok: {len(service.index)} vectors" if len(service.index) else "empty"
-    producer = request.app.state.producer
-    if producer is None:
+    checks["index"] = f"ok: {len(index)} vectors" if len(index) else "empty"
+    checks["model"] = f"{index.model.name} ({index.model.dim}-d, weights {index.model.weights})"
+    ingest = request.app.state.components.ingest
+    if ingest is None:
         checks["broker"] = "not configured"
     else:
-        checks["broker"] = await run_in_threadpool(producer.check)
+        checks["broker"] = await run_in_threadpool(broker_health, ingest.kafka.client_config())
     ready = checks["store"] == "ok" and checks["broker"] in ("ok", "not configured")
     return JSONResponse({"ready": ready, "checks": checks}, status_code=200 if ready else 503)
 

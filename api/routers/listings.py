@@ -8,7 +8,7 @@ from fastapi import APIRouter, Depends, HTTPException
 from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel
 
-from api.deps import Service, read_access
+from api.deps import StoreDep, read_access
 
 router = APIRouter(tags=["listings"], dependencies=[Depends(read_access)])
 
@@ -30,8 +30,7 @@ class ListingOut(BaseModel):
 
 
 @router.get("/listings/{listing_id}", response_model=ListingOut)
-async def listing(listing_id: uuid.UUID, service: Service) -> ListingOut:
-    store = service.store
+async def listing(listing_id: uuid.UUID, store: StoreDep) -> ListingOut:
     images = await run_in_threadpool(store.listing_images, listing_id)
     if not images:
         raise HTTPException(404, f"listing {listing_id} has no images in the catalogue")

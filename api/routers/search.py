@@ -1,26 +1,25 @@
-"""``POST /v1/search`` (multipart upload, or JSON with image_id / listing_id / vector) and
-``GET /v1/search/{query_id}`` (the stored answer, one slice of query_results)."""
+"""``POST /v1/search`` (JSON: image_id, listing_id or vector), ``POST /v1/search/image`` (a
+multipart photo upload) and ``GET /v1/search/{query_id}`` (the stored answer, one slice of
+query_results). Both bodies are declared, so OpenAPI documents them from the models."""
 
 from __future__ import annotations
 
-import contextlib
-import json
 import uuid
-from collections.abc import AsyncIterator
-from typing import Annotated, Any
+from typing import Annotated
 
 import numpy as np
 import numpy.typing as npt
-from fastapi import APIRouter, Depends, HTTPException, Query, Request
+from fastapi import APIRouter, Depends, Form, HTTPException, Query, Request, UploadFile
 from fastapi.concurrency import run_in_threadpool
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
-from starlette.datastructures import UploadFile
+from pydantic import BaseModel, ConfigDict, Field
 
-from api.deps import ModelQueue, Queue, Service, read_access
+from api.deps import Queue, Searcher, Settings, StoreDep, read_access
+from api.routers.models import require_served
 from extract.decode import DecodeError
 from search.scoring import MAX_K, Aggregation, ScoreOptions
 from search.service import Query as SearchQuery
-from search.service import answer_from_rows
+from search.service import SearchService
+from store.results import answer_from_rows
 
 router = APIRouter(tags=["search"], dependencies=[Depends(read_access)])
 MAX_DIM = 65_536
@@ -35,6 +34,7 @@ class SearchOptions(BaseModel):
     threshold: float = Field(default=0.8, ge=-1, le=1, description="score counted by count_above")
     min_score: float | None = Field(default=None, ge=-1, le=1000)
     in_stock_only: bool = False
+    model: str | None = Field(default=None, max_length=100, description="the served model (GET /v1/models)")
 
     def score_options(self) -> ScoreOptions:
         return ScoreOptions(
@@ -44,6 +44,15 @@ class SearchOptions(BaseModel):
             threshold=self.threshold,
             min_score=self.min_score,
         )
+
+
+_OPTIONS = set(SearchOptions.model_fields)
+
+
+class ImageSearchForm(SearchOptions):
+    """A photo upload with the search options as further form fields."""
+
+    image: UploadFile = Field(description="the photo; its type is read from its content")
 
 
 class SearchJson(SearchOptions):
@@ -70,57 +79,54 @@ class AnswerOut(BaseModel):
     results: list[ListingOut]
 
 
-_OPTIONS_SCHEMA = SearchOptions.model_json_schema()
-_REQUEST_BODY: dict[str, Any] = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "multipart/form-data": {
-                "schema": {
-                    "type": "object",
-                    "required": ["image"],
-                    "properties": {
-                        "image": {"type": "string", "format": "binary"},
-                        **_OPTIONS_SCHEMA["properties"],
-                    },
-                }
-            },
-            "application/json": {"schema": SearchJson.model_json_schema()},
-        },
-    }
-}
-
-
-async def _parse(request: Request, max_bytes: int) -> tuple[SearchQuery, SearchOptions]:
-    ctype = request.headers.get("content-type", "")
+def _within_upload_limit(request: Request, settings: Settings) -> None:
+    """Refuse an oversized upload before its body is read."""
     length = request.headers.get("content-length", "")
-    if length.isdigit() and int(length) > max_bytes + 64 * 1024:
-        raise HTTPException(413, f"the request is over the upload limit of {max_bytes} bytes")
+    if length.isdigit() and int(length) > settings.max_upload_bytes + 64 * 1024:
+        raise HTTPException(413, f"the request is over the upload limit of {settings.max_upload_bytes} bytes")
+
+
+async def _answer(searcher: SearchService, query: SearchQuery, opts: SearchOptions) -> dict[str, object]:
+    await run_in_threadpool(require_served, searcher.store, searcher.index.model.name, opts.model)
     try:
-        if ctype.startswith("multipart/form-data"):
-            form = await request.form(max_part_size=max_bytes)
-            upload = form.get("image")
-            if not isinstance(upload, UploadFile):
-                raise HTTPException(422, "multipart search needs a file field named 'image'")
-            data = await upload.read()
-            if not data:
-                raise HTTPException(422, "the uploaded image is empty")
-            fields = {k: v for k, v in form.items() if k != "image" and isinstance(v, str)}
-            return SearchQuery(image=data), SearchOptions.model_validate(fields)
-        if ctype.startswith("application/json"):
-            body = SearchJson.model_validate_json(await request.body())
-            vector = None if body.vector is None else _finite_vector(body.vector)
-            query = SearchQuery(image_id=body.image_id, listing_id=body.listing_id, vector=vector)
-            return query, SearchOptions.model_validate(
-                body.model_dump(include=set(SearchOptions.model_fields))
-            )
-    except ValidationError as exc:
-        raise HTTPException(422, json.loads(exc.json(include_url=False, include_input=False))) from None
+        answer = await run_in_threadpool(searcher.search, query, opts.score_options(), opts.in_stock_only)
+    except DecodeError as exc:
+        raise HTTPException(422, f"the upload is not a usable image: {exc}") from None
+    except ValueError as exc:  # e.g. a vector of the wrong dimension
+        raise HTTPException(422, str(exc)) from None
+    return answer.as_json()
+
+
+@router.post("/search", response_model=AnswerOut)
+async def search(body: SearchJson, searcher: Searcher) -> dict[str, object]:
+    """Listings that look like an indexed image, a listing (its images combined) or a raw
+    vector, best first, with stock and the matched images. To search with a photo, post it to
+    ``/v1/search/image``."""
+    try:
+        vector = None if body.vector is None else _finite_vector(body.vector)
+        query = SearchQuery(image_id=body.image_id, listing_id=body.listing_id, vector=vector)
     except ValueError as exc:
         raise HTTPException(422, str(exc)) from None
-    raise HTTPException(
-        415, "send multipart/form-data with an 'image' file, or JSON with image_id, listing_id or vector"
-    )
+    return await _answer(searcher, query, SearchOptions.model_validate(body.model_dump(include=_OPTIONS)))
+
+
+@router.post("/search/image", response_model=AnswerOut, dependencies=[Depends(_within_upload_limit)])
+async def search_image(
+    form: Annotated[ImageSearchForm, Form(media_type="multipart/form-data")],
+    searcher: Searcher,
+    queue: Queue,
+    settings: Settings,
+) -> dict[str, object]:
+    """Listings that look like an uploaded photo, best first (the CNN embeds it; at most
+    ``LOOKALIKE_API_MODEL_CONCURRENCY`` at once, then a bounded queue, then 503)."""
+    data = await form.image.read(settings.max_upload_bytes + 1)
+    if len(data) > settings.max_upload_bytes:
+        raise HTTPException(413, f"the image is over the upload limit of {settings.max_upload_bytes} bytes")
+    if not data:
+        raise HTTPException(422, "the uploaded image is empty")
+    async with queue.slot():
+        options = SearchOptions.model_validate(form.model_dump(include=_OPTIONS))
+        return await _answer(searcher, SearchQuery(image=data), options)
 
 
 def _finite_vector(values: list[float]) -> npt.NDArray[np.float32]:
@@ -131,36 +137,12 @@ def _finite_vector(values: list[float]) -> npt.NDArray[np.float32]:
     return vector
 
 
-@contextlib.asynccontextmanager
-async def _model_slot(query: SearchQuery, queue: ModelQueue) -> AsyncIterator[None]:
-    """Only searches that run the CNN wait for it."""
-    if query.image is None:
-        yield
-        return
-    async with queue.slot():
-        yield
-
-
-@router.post("/search", response_model=AnswerOut, openapi_extra=_REQUEST_BODY)
-async def search(request: Request, service: Service, queue: Queue) -> dict[str, object]:
-    """Listings that look like the query, best first, with stock and the matched images."""
-    query, opts = await _parse(request, request.app.state.settings.max_upload_bytes)
-    try:
-        async with _model_slot(query, queue):
-            answer = await run_in_threadpool(service.search, query, opts.score_options(), opts.in_stock_only)
-    except DecodeError as exc:
-        raise HTTPException(422, f"the upload is not a usable image: {exc}") from None
-    except ValueError as exc:  # e.g. a vector of the wrong dimension
-        raise HTTPException(422, str(exc)) from None
-    return answer.as_json()
-
-
 @router.get("/search/{query_id}", response_model=AnswerOut)
 async def read_back(
-    query_id: uuid.UUID, service: Service, k: Annotated[int | None, Query(ge=1, le=MAX_K)] = None
+    query_id: uuid.UUID, store: StoreDep, k: Annotated[int | None, Query(ge=1, le=MAX_K)] = None
 ) -> dict[str, object]:
     """A stored answer, best first (expires after the results' TTL)."""
-    rows = await run_in_threadpool(service.store.read_query_results, query_id, k)
+    rows = await run_in_threadpool(store.read_query_results, query_id, k)
     if not rows:
         raise HTTPException(404, f"no stored results for query {query_id} (unknown or expired)")
     return answer_from_rows(query_id, rows).as_json()

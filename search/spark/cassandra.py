@@ -11,9 +11,10 @@ from __future__ import annotations
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from lookalike.settings import SparkSettings
+from config.cassandra import CassandraSettings
+from config.settings import SparkSettings
 from schemas.records import ModelInfo
-from store.cassandra_settings import CassandraSettings, parse_url
+from store.cassandra_url import parse_url
 
 CONNECTOR_FORMAT = "org.apache.spark.sql.cassandra"
 

@@ -21,14 +21,15 @@ import pyarrow as pa
 from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
-from lookalike.settings import SearchSettings, SparkSettings
+from config.settings import SparkSettings
 from schemas.codec import l2_normalise, numpy_dtype
-from schemas.records import FeatureBatch, ImageMatch, ListingResult, ModelInfo, QueryAnswer, as_uuid
+from schemas.records import FeatureBatch, ModelInfo, QueryAnswer
 from search import kernel, scoring
 from search.scoring import ScoreOptions
 from search.spark.cassandra import read_features, uses_connector
 from store import ResultRow, open_store
 from store.base import matches_json, parse_matches
+from store.results import answer_from_rows
 
 FEATURES_SCHEMA = "listing_id binary, image_id binary, vector binary"
 CANDIDATES_SCHEMA = "query_idx int, listing_id binary, score float, matches string"
@@ -119,7 +120,7 @@ class _Scorer:
         listing_rows, image_ids = fb.listing_ids[order], fb.image_ids[order]
         vectors = kernel.narrow(fb.vectors[order], numpy_dtype(self.dtype))
         starts = scoring.group_starts(listing_rows)
-        listing_ids, ends = listing_rows[starts], np.append(starts[1:], len(listing_rows))
+        listing_ids = listing_rows[starts]
         allowed = np.ones(len(starts), dtype=bool)
         if self.allowed is not None:
             allowed = np.isin(listing_ids, np.array(sorted(self.allowed), dtype="S16"))
@@ -131,14 +132,11 @@ class _Scorer:
             "matches": [],
         }
         for q in range(scores.shape[1]):
-            column = np.ascontiguousarray(scores[:, q])
-            per_listing = scoring.aggregate(column, starts, self.opts)
-            for i in scoring.rank(per_listing, listing_ids, allowed, self.opts):
-                found = scoring.matches(column, int(starts[i]), int(ends[i]), self.opts.max_matches)
+            for r in scoring.ranked(scores[:, q], starts, listing_ids, image_ids, allowed, self.opts):
                 out["query_idx"].append(q)
-                out["listing_id"].append(as_uuid(listing_ids[i]).bytes)
-                out["score"].append(float(per_listing[i]))
-                out["matches"].append(matches_json(tuple((as_uuid(image_ids[r]), s) for r, s in found)))
+                out["listing_id"].append(r.listing_id.bytes)
+                out["score"].append(r.score)
+                out["matches"].append(matches_json(r.matches))
         yield pa.RecordBatch.from_pydict(out, schema=_candidates_arrow_schema())
 
 
@@ -210,12 +208,11 @@ def score_queries(
     model: ModelInfo,
     queries: npt.NDArray[np.float32],
     opts: ScoreOptions,
+    dtype: str,
     in_stock_only: bool = False,
-    dtype: str | None = None,
 ) -> list[QueryAnswer]:
     """Top-k listings for each query row; writes ``query_results`` and returns the answers.
-    Vectors are scored in ``dtype`` (default: the engine's ``LOOKALIKE_SEARCH_DTYPE``)."""
-    scoring.check_k(opts.k)
+    Vectors are scored in ``dtype`` (the engine's ``LOOKALIKE_SEARCH_DTYPE``, for its answer)."""
     q = l2_normalise(np.atleast_2d(np.asarray(queries, dtype=np.float32)))
     if q.ndim != 2 or q.shape[1] != model.dim:
         raise ValueError(f"query vectors must have {model.dim} columns, got {q.shape[-1]}")
@@ -230,9 +227,7 @@ def score_queries(
     allowed = frozenset(s.listing_id.bytes for s in levels if s.inventory > 0) if in_stock_only else None
     best = Window.partitionBy("query_idx").orderBy(F.col("score").desc(), F.col("listing_id").asc())
     top = (
-        features.mapInArrow(
-            _Scorer(q, opts, model, allowed, dtype or SearchSettings().dtype), CANDIDATES_SCHEMA
-        )
+        features.mapInArrow(_Scorer(q, opts, model, allowed, dtype), CANDIDATES_SCHEMA)
         .join(F.broadcast(stock), "listing_id", "left")
         .withColumn("rank", F.row_number().over(best))
         .where(F.col("rank") <= opts.k)
@@ -246,16 +241,7 @@ def score_queries(
 
 
 def _answers(rows: list[dict[str, Any]], query_ids: tuple[str, ...]) -> list[QueryAnswer]:
-    per_query: dict[int, list[ListingResult]] = {i: [] for i in range(len(query_ids))}
+    per_query: dict[int, list[ResultRow]] = {i: [] for i in range(len(query_ids))}
     for r in sorted(rows, key=lambda r: (r["query_idx"], r["rank"])):
-        row = _result_row(r)
-        per_query[r["query_idx"]].append(
-            ListingResult(
-                row.listing_id,
-                row.listing_name,
-                row.score,
-                row.inventory,
-                tuple(ImageMatch(i, s) for i, s in row.matches),
-            )
-        )
-    return [QueryAnswer(uuid.UUID(query_ids[i]), tuple(res)) for i, res in per_query.items()]
+        per_query[r["query_idx"]].append(_result_row(r))
+    return [answer_from_rows(uuid.UUID(query_ids[i]), res) for i, res in per_query.items()]

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from pyspark.sql import SparkSession
 
-from lookalike.settings import SparkSettings
+from config.settings import SparkSettings
 from search.spark.cassandra import connector_conf, uses_connector
 
 log = logging.getLogger(__name__)

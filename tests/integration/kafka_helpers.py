@@ -14,8 +14,8 @@ from pathlib import Path
 
 from confluent_kafka import Consumer, TopicPartition
 
-from ingest.producer import KafkaProducer
-from lookalike.settings import KafkaSettings
+from config.settings import KafkaSettings
+from messaging.producer import KafkaProducer
 from schemas.messages import ImageMessage
 from tests.conftest import jpeg_bytes
 

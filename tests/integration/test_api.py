@@ -6,6 +6,7 @@ import io
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
@@ -13,9 +14,10 @@ from PIL import Image
 from pydantic import SecretStr
 
 from api.app import create_app
-from lookalike.settings import ApiSettings
+from api.deps import Components
+from config.settings import ApiSettings, SearchSettings
 from schemas.records import Extracted, ImageRecord, StockLevel
-from search.engine import load_index
+from search.loader import load_index
 from search.service import SearchService
 from store import Store, StoreUnavailable
 from tests.conftest import jpeg_bytes, tiny_model
@@ -39,17 +41,19 @@ def seeded_service(store: Store, folder: Path) -> SearchService:
     store.put_model(model.info)
     store.write_extracted(rows, "float16")
     store.put_stock([StockLevel(lid, i, uuid.uuid4()) for i, lid in enumerate(LISTINGS.values())])
-    return SearchService(store, load_index(store, model.info), lambda: model)
+    return SearchService(store, load_index(store, model.info, SearchSettings()), lambda: model)
 
 
 @pytest.fixture
 def client(sqlite_store, tmp_path) -> Iterator[TestClient]:  # type: ignore[no-untyped-def]
-    with TestClient(create_app(seeded_service(sqlite_store, tmp_path))) as c:
+    with TestClient(create_app(ApiSettings(), Components(seeded_service(sqlite_store, tmp_path)))) as c:
         yield c
 
 
 def test_upload_finds_its_listing_and_reads_back(client: TestClient) -> None:
-    r = client.post("/v1/search", files={"image": ("q.jpg", jpeg_bytes(20), "image/jpeg")}, data={"k": "3"})
+    r = client.post(
+        "/v1/search/image", files={"image": ("q.jpg", jpeg_bytes(20), "image/jpeg")}, data={"k": "3"}
+    )
     assert r.status_code == 200, r.text
     body = r.json()
     assert body["results"][0]["listing_name"] == "listing-2" and len(body["results"]) == 3
@@ -79,20 +83,33 @@ def test_search_by_ids_leaves_out_the_own_listing(client: TestClient) -> None:
         ({"json": {"listing_id": "nope"}}, 422, "UUID"),
         ({"json": {}}, 422, "exactly one of"),
         ({"json": {"listing_id": str(uuid.uuid4()), "k": 0}}, 422, "greater than or equal to 1"),
+        ({"json": {"listing_id": str(uuid.uuid4()), "k": 1001}}, 422, "less than or equal to 1000"),
         ({"json": {"listing_id": str(uuid.uuid4()), "colour": "red"}}, 422, "Extra inputs"),
-        ({"files": {"image": ("a.jpg", b"not an image", "image/jpeg")}}, 422, "not a usable image"),
-        ({"files": {"photo": ("a.jpg", b"x", "image/jpeg")}}, 422, "field named 'image'"),
-        (
-            {"content": b"hello", "headers": {"content-type": "text/plain"}},
-            415,
-            "multipart/form-data",
-        ),
+        ({"content": b"hello", "headers": {"content-type": "text/plain"}}, 422, "valid dictionary"),
     ],
 )
 def test_bad_requests_get_a_4xx_that_says_why(
-    client: TestClient, kwargs: dict, status: int, says: str
-) -> None:  # type: ignore[type-arg]
+    client: TestClient, kwargs: dict[str, Any], status: int, says: str
+) -> None:
     r = client.post("/v1/search", **kwargs)
+    assert r.status_code == status, r.text
+    assert says in r.text
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "status", "says"),
+    [
+        ({"files": {"image": ("a.jpg", b"not an image", "image/jpeg")}}, 422, "not a usable image"),
+        ({"files": {"image": ("a.jpg", b"", "image/jpeg")}}, 422, "is empty"),
+        ({"files": {"photo": ("a.jpg", b"x", "image/jpeg")}}, 422, "image"),
+        ({"files": {"image": ("a.jpg", jpeg_bytes(1), "image/jpeg")}, "data": {"k": "0"}}, 422, "k"),
+        ({"json": {"listing_id": str(uuid.uuid4())}}, 422, "image"),
+    ],
+)
+def test_bad_uploads_get_a_4xx_that_says_why(
+    client: TestClient, kwargs: dict[str, Any], status: int, says: str
+) -> None:
+    r = client.post("/v1/search/image", **kwargs)
     assert r.status_code == status, r.text
     assert says in r.text
 
@@ -110,7 +127,7 @@ def test_vector_search_and_options(client: TestClient) -> None:
     first = image_id["results"][0]["images"][0]["image_id"]
     detail = client.get(f"/v1/listings/{image_id['results'][0]['listing_id']}").json()
     assert first in [i["image_id"] for i in detail["images"]]
-    dim = client.app.state.service.index.model.dim  # type: ignore[attr-defined]
+    dim = client.app.state.components.service.index.model.dim  # type: ignore[attr-defined]
     r = client.post(
         "/v1/search", json={"vector": [1.0] * dim, "k": 2, "aggregation": "mean_top_n", "top_n": 1}
     )
@@ -140,7 +157,12 @@ def test_listing_detail_and_thumbnail(client: TestClient) -> None:
 def test_readiness_and_metrics(client: TestClient) -> None:
     ready = client.get("/readyz")
     assert ready.status_code == 200
-    assert ready.json()["checks"] == {"store": "ok", "index": "ok: 10 vectors", "broker": "not configured"}
+    assert ready.json()["checks"] == {
+        "store": "ok",
+        "index": "ok: 10 vectors",
+        "model": "vgg16_fc7 (32-d, weights random:tiny-test)",
+        "broker": "not configured",
+    }
     client.post("/v1/search", json={"listing_id": str(LISTINGS["listing-0"])})
     metrics = client.get("/metrics").text
     assert 'lookalike_http_requests_total{handler="search",method="POST",status="200"} 1.0' in metrics
@@ -148,10 +170,12 @@ def test_readiness_and_metrics(client: TestClient) -> None:
 
 def test_ingest_needs_keys_and_a_broker(sqlite_store, tmp_path) -> None:  # type: ignore[no-untyped-def]
     files = {"image": ("a.jpg", jpeg_bytes(1), "image/jpeg")}
-    with TestClient(create_app(seeded_service(sqlite_store, tmp_path))) as open_app:
+    with TestClient(
+        create_app(ApiSettings(), Components(seeded_service(sqlite_store, tmp_path)))
+    ) as open_app:
         assert open_app.post("/v1/images", files=files, data={"listing": "x"}).status_code == 403
     keyed = ApiSettings(keys=[SecretStr("s3cret")])
-    with TestClient(create_app(seeded_service(sqlite_store, tmp_path), keyed)) as c:
+    with TestClient(create_app(keyed, Components(seeded_service(sqlite_store, tmp_path)))) as c:
         assert c.post("/v1/images", files=files, data={"listing": "x"}).status_code == 401
         bad = c.post("/v1/images", files=files, data={"listing": "x"}, headers={"X-API-Key": "nope"})
         assert bad.status_code == 403
@@ -162,12 +186,12 @@ def test_ingest_needs_keys_and_a_broker(sqlite_store, tmp_path) -> None:  # type
 
 def test_reads_can_require_a_key_and_cors_is_off_by_default(sqlite_store, tmp_path) -> None:  # type: ignore[no-untyped-def]
     settings = ApiSettings(keys=[SecretStr("k")], keys_for_reads=True, cors_origins=["https://shop.example"])
-    with TestClient(create_app(seeded_service(sqlite_store, tmp_path), settings)) as c:
+    with TestClient(create_app(settings, Components(seeded_service(sqlite_store, tmp_path)))) as c:
         body = {"listing_id": str(LISTINGS["listing-0"])}
         assert c.post("/v1/search", json=body).status_code == 401
         r = c.post("/v1/search", json=body, headers={"X-API-Key": "k", "Origin": "https://shop.example"})
         assert r.status_code == 200 and r.headers["access-control-allow-origin"] == "https://shop.example"
-    with TestClient(create_app(seeded_service(sqlite_store, tmp_path))) as c:
+    with TestClient(create_app(ApiSettings(), Components(seeded_service(sqlite_store, tmp_path)))) as c:
         r = c.post("/v1/search", json=body, headers={"Origin": "https://shop.example"})
         assert "access-control-allow-origin" not in r.headers
 
@@ -185,7 +209,7 @@ class _StoreDown:
 
 def test_store_outage_is_a_503_with_the_reason(sqlite_store, tmp_path) -> None:  # type: ignore[no-untyped-def]
     service = seeded_service(sqlite_store, tmp_path)
-    with TestClient(create_app(service)) as c:
+    with TestClient(create_app(ApiSettings(), Components(service))) as c:
         service.store = _StoreDown()  # type: ignore[assignment]
         r = c.get(f"/v1/search/{uuid.uuid4()}")
         assert r.status_code == 503 and "no host reachable" in r.text

@@ -6,7 +6,9 @@ from __future__ import annotations
 import io
 import json
 import uuid
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 from confluent_kafka import Consumer
@@ -15,9 +17,9 @@ from PIL import Image
 from pydantic import SecretStr
 
 from api.app import create_app
-from api.producer import ApiProducer
-from lookalike.consumer import consumer_config
-from lookalike.settings import ApiSettings, KafkaSettings
+from config.settings import ApiSettings, KafkaSettings, Settings
+from lookalike.stack import api_components
+from messaging.consumer import consumer_config
 from schemas import ids
 from schemas.messages import DeleteMessage, ImageMessage, parse_image_topic
 from tests.integration.test_api import LISTINGS, seeded_service
@@ -26,10 +28,10 @@ pytestmark = pytest.mark.integration
 KEY = {"X-API-Key": "k"}
 
 
-def _read(broker: str, topic: str, n: int) -> list:  # type: ignore[type-arg]
+def _read(broker: str, topic: str, n: int) -> list[Any]:
     consumer = Consumer(consumer_config({"bootstrap.servers": broker}, f"read-{topic}"))
     consumer.subscribe([topic])
-    messages: list = []  # type: ignore[type-arg]
+    messages: list[Any] = []
     for _ in range(60):
         messages += [m for m in consumer.consume(10, 1.0) if m.error() is None]
         if len(messages) >= n:
@@ -39,14 +41,15 @@ def _read(broker: str, topic: str, n: int) -> list:  # type: ignore[type-arg]
 
 
 def test_upload_and_stock_reach_the_broker(broker: str, sqlite_store, tmp_path: Path, unique: str) -> None:  # type: ignore[no-untyped-def]
-    from ingest.broker import ensure_topics
+    from messaging.admin import ensure_topics
 
     kafka = KafkaSettings(bootstrap=broker, images_topic=f"img-{unique}", stock_topic=f"stock-{unique}")
     ensure_topics(kafka.client_config(), [kafka.images_topic, kafka.stock_topic], 2)
     png = io.BytesIO()
     Image.new("RGB", (20, 10), "red").save(png, format="PNG")
+    settings = replace(Settings.from_env(), kafka=kafka)
     app = create_app(
-        seeded_service(sqlite_store, tmp_path), ApiSettings(keys=[SecretStr("k")]), ApiProducer(kafka)
+        ApiSettings(keys=[SecretStr("k")]), api_components(settings, seeded_service(sqlite_store, tmp_path))
     )
     with TestClient(app) as c:
         assert c.get("/readyz").json()["checks"]["broker"] == "ok"
@@ -79,12 +82,14 @@ def test_upload_and_stock_reach_the_broker(broker: str, sqlite_store, tmp_path: 
 def test_removals_reach_the_broker_and_leave_the_results_at_once(  # type: ignore[no-untyped-def]
     broker: str, sqlite_store, tmp_path: Path, unique: str
 ) -> None:
-    from ingest.broker import ensure_topics
+    from messaging.admin import ensure_topics
 
     kafka = KafkaSettings(bootstrap=broker, images_topic=f"img-{unique}")
     ensure_topics(kafka.client_config(), [kafka.images_topic], 2)
     service = seeded_service(sqlite_store, tmp_path)
-    app = create_app(service, ApiSettings(keys=[SecretStr("k")]), ApiProducer(kafka))
+    app = create_app(
+        ApiSettings(keys=[SecretStr("k")]), api_components(replace(Settings.from_env(), kafka=kafka), service)
+    )
     image_listing, gone_listing = LISTINGS["listing-3"], LISTINGS["listing-4"]
     image = sqlite_store.listing_images(image_listing)[0].image_id
     with TestClient(app) as c:

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from ingest.broker import ensure_topics
-from lookalike.settings import KafkaSettings
+from config.settings import KafkaSettings
+from messaging.admin import ensure_topics
 from store import open_store
 from tests.integration.kafka_helpers import (
     committed,

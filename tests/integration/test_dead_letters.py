@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import io
 import uuid
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 from confluent_kafka import Consumer
@@ -12,11 +14,12 @@ from PIL import Image
 from prometheus_client import generate_latest
 from typer.testing import CliRunner
 
-from ingest.broker import free_port
-from ingest.producer import KafkaProducer, MessageTooLarge
+from config.settings import ExtractSettings, KafkaSettings, ModelSettings, Settings
 from lookalike import stack
 from lookalike.cli import app
-from lookalike.settings import ExtractSettings, KafkaSettings, ModelSettings
+from messaging.broker import free_port
+from messaging.errors import MessageTooLarge
+from messaging.producer import KafkaProducer
 from schemas.messages import URI_LIST, ImageMessage
 from tests.conftest import jpeg_bytes, tiny_model
 
@@ -60,10 +63,13 @@ def test_bad_payloads_are_dead_lettered(broker: str, sqlite_store, unique: str, 
         bad_id = [(k, b"not-a-uuid" if k == "image_id" else v) for k, v in good[0].headers()]
         producer.send(kafka.images_topic, b"k", good[0].payload, bad_id)
 
-    extract = ExtractSettings(max_reference_bytes=8192, fetch_timeout_s=2, metrics_port=0)
-    stats, metrics = stack.run_extract(
-        sqlite_store, tiny_model(), kafka, ModelSettings(max_pixels=4_000_000), drain=True, extract=extract
+    settings = replace(
+        Settings.from_env(),
+        kafka=kafka,
+        model=ModelSettings(max_pixels=4_000_000),
+        extract=ExtractSettings(max_reference_bytes=8192, fetch_timeout_s=2, metrics_port=0),
     )
+    stats, metrics = stack.run_extract(sqlite_store, tiny_model(), settings, drain=True)
     assert sqlite_store.count("features") == 3
     assert sqlite_store.existing_images([m.image_id for m in good], "vgg16_fc7") == {m.image_id for m in good}
     assert metrics.totals.dead_letters == 9 and stats.messages == 12
@@ -79,13 +85,13 @@ def test_bad_payloads_are_dead_lettered(broker: str, sqlite_store, unique: str, 
         }
     )
     consumer.subscribe([kafka.dlq_topic])
-    letters = []
+    letters: list[Any] = []
     for _ in range(60):
         letters += [m for m in consumer.consume(10, 1.0) if m.error() is None]
         if len(letters) >= 9:
             break
     consumer.close()
-    reasons = {dict(m.headers())["error"].decode(): dict(m.headers()).get(b"image_id") for m in letters}
+    reasons = {dict(m.headers())["error"].decode(): dict(m.headers()).get("image_id") for m in letters}
     assert len(letters) == 9
     joined = " | ".join(reasons)
     for expected in (

@@ -4,24 +4,28 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
+from pyspark.sql import SparkSession
 from typer.testing import CliRunner
 
+from config.settings import KafkaSettings, Settings
 from extract.model import load_model
 from ingest.catalogue import DEMO_QUERY_LISTING, build_demo_catalogue, scan_folder
-from ingest.producer import KafkaProducer, catalogue_stock, image_messages, send_images, send_stock
+from ingest.producer import catalogue_stock, image_messages, send_images, send_stock
 from lookalike import stack
 from lookalike.cli import app
-from lookalike.settings import KafkaSettings, ModelSettings
+from messaging.producer import KafkaProducer
 from schemas import ids
-from search.engine import load_index
+from search.loader import load_index
 from search.scoring import ScoreOptions
 from search.service import SearchService
 from search.spark.job import load_features, score_queries
+from store import Store
 
 pytestmark = pytest.mark.integration
 LISTINGS = ("astronaut", "coffee", "rocket", "chelsea", "coins", "page")
@@ -44,9 +48,9 @@ def catalogue_dir(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]
 def test_pipeline_end_to_end(
     catalogue_dir: tuple[Path, Path],
     broker: str,
-    spark,
-    any_store,
-    unique: str,  # type: ignore[no-untyped-def]
+    spark: SparkSession,
+    any_store: Store,
+    unique: str,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     root, query_path = catalogue_dir
@@ -58,6 +62,7 @@ def test_pipeline_end_to_end(
         group=f"g-{unique}",
         stock_group=f"s-{unique}",
     )
+    settings = replace(Settings.from_env(), kafka=kafka)
     catalogue = scan_folder(root)
     model = load_model("vgg16_fc7", allow_random=True)
 
@@ -65,7 +70,7 @@ def test_pipeline_end_to_end(
         with KafkaProducer(kafka.client_config(), kafka.max_message_bytes) as producer:
             n = send_images(producer, kafka.images_topic, image_messages(catalogue))
             send_stock(producer, kafka.stock_topic, catalogue_stock(catalogue))
-        stack.run_extract(any_store, model, kafka, ModelSettings(), drain=True)
+        stack.run_extract(any_store, model, settings, drain=True)
         stack.run_stock_sync(any_store, kafka, drain=True)
         return n
 
@@ -85,8 +90,10 @@ def test_pipeline_end_to_end(
     query = model.embed_images([Image.open(query_path).convert("RGB")])
     opts = ScoreOptions(k=len(LISTINGS))
     features = load_features(spark, any_store.url, model.info, shards=3)
-    from_spark = score_queries(spark, features, any_store.url, model.info, query, opts)[0]
-    service = SearchService(any_store, load_index(any_store, model.info), lambda: model)
+    from_spark = score_queries(
+        spark, features, any_store.url, model.info, query, opts, settings.search.dtype
+    )[0]
+    service = SearchService(any_store, load_index(any_store, model.info, settings.search), lambda: model)
     from_engine = service.search_vector(query[0], opts)
 
     assert from_spark.results[0].listing_name == DEMO_QUERY_LISTING
@@ -103,6 +110,7 @@ def test_pipeline_end_to_end(
 
     # The command line against the same store: search by listing id, JSON out.
     monkeypatch.setenv("LOOKALIKE_STORE", any_store.url)
+    monkeypatch.setenv("LOOKALIKE_MODEL_NAME", model.info.name)  # the model that made the stored vectors
     coffee = ids.listing_id(DEMO_QUERY_LISTING)
     result = CliRunner().invoke(app, ["search", "--listing-id", str(coffee), "--k", "3", "--json"])
     assert result.exit_code == 0, result.output

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import threading
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
+from config.settings import ExtractSettings, KafkaSettings, ModelSettings, Settings
 from extract.metrics import ExtractMetrics
-from ingest.broker import ensure_topics
 from lookalike import stack
-from lookalike.settings import ExtractSettings, KafkaSettings, ModelSettings
+from messaging.admin import ensure_topics
 from store import open_store
 from tests.integration.kafka_helpers import committed, image_ids_by_offset, produce_images, wait_until
 from tests.integration.worker_entry import slow_tiny_model
@@ -26,18 +27,19 @@ class Worker:
         self.metrics, self.stop = ExtractMetrics(), threading.Event()
         self.store = open_store(url)
         self.error: BaseException | None = None
-        self._args = (self.store, slow_tiny_model(0.2), kafka, ModelSettings(batch_size=8))
+        self.model = slow_tiny_model(0.2)
+        self.settings = replace(
+            Settings.from_env(),
+            kafka=kafka,
+            model=ModelSettings(batch_size=8),
+            extract=ExtractSettings(session_timeout_ms=6000, metrics_port=0),
+        )
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
 
     def _run(self) -> None:
         try:
-            stack.run_extract(
-                *self._args,
-                stop=self.stop,
-                extract=ExtractSettings(session_timeout_ms=6000, metrics_port=0),
-                metrics=self.metrics,
-            )
+            stack.run_extract(self.store, self.model, self.settings, stop=self.stop, metrics=self.metrics)
         except BaseException as exc:
             self.error = exc
             raise

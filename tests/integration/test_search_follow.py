@@ -10,15 +10,15 @@ import uuid
 import numpy as np
 import pytest
 
-from ingest.broker import ensure_topics
-from ingest.producer import KafkaProducer
-from lookalike.settings import SearchSettings
+from config.settings import SearchSettings
+from messaging.admin import ensure_topics
+from messaging.producer import KafkaProducer
 from schemas.codec import l2_normalise
 from schemas.messages import DeleteMessage, ImageMessage
 from schemas.records import Extracted, ImageRecord, ModelInfo
-from search.engine import load_index
 from search.follow import Follower
 from search.follow_kafka import ImageStreamSource
+from search.loader import load_index
 from search.scoring import ScoreOptions
 
 pytestmark = pytest.mark.integration
@@ -38,7 +38,7 @@ def test_announced_images_become_searchable(broker, sqlite_store, unique) -> Non
     ensure_topics(conf, [topic], 2)
     sqlite_store.put_model(MODEL)
     sqlite_store.write_extracted([stored_image(rng, uuid.uuid4()) for _ in range(5)], MODEL.dtype)
-    index = load_index(sqlite_store, MODEL, settings=SearchSettings(follow="off"))
+    index = load_index(sqlite_store, MODEL, SearchSettings(follow="off"))
     source = ImageStreamSource(conf, topic, sqlite_store, MODEL, index, int(time.time() * 1000) - 5000)
     follower = Follower(index, source, interval_s=0.05).start()
     try:
@@ -75,7 +75,7 @@ def test_removals_on_the_stream_leave_the_index(broker, sqlite_store, unique) ->
     rows = [stored_image(rng, listing) for _ in range(3)] + [stored_image(rng, other) for _ in range(2)]
     sqlite_store.put_model(MODEL)
     sqlite_store.write_extracted(rows, MODEL.dtype)
-    index = load_index(sqlite_store, MODEL, settings=SearchSettings(follow="off"))
+    index = load_index(sqlite_store, MODEL, SearchSettings(follow="off"))
     source = ImageStreamSource(conf, topic, sqlite_store, MODEL, index, int(time.time() * 1000) - 5000)
     follower = Follower(index, source, interval_s=0.05).start()
     try:

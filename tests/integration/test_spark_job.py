@@ -7,18 +7,22 @@ import os
 import subprocess
 import sys
 import uuid
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from lookalike.settings import SearchSettings
+from config.settings import SearchSettings
+from lookalike import spark_search
 from schemas.codec import l2_normalise
 from schemas.records import Extracted, ImageRecord, ModelInfo, StockLevel, as_uuid
-from search.engine import UnknownId, load_index
+from search.engine import UnknownId
+from search.loader import load_index
 from search.scoring import ScoreOptions
 from search.service import SearchService
 from search.spark import queries
 from search.spark.job import load_features, score_queries
+from store.sqlite import SQLiteStore
 
 pytestmark = pytest.mark.integration
 DIM = 24
@@ -46,8 +50,11 @@ def catalogue(sqlite_store):  # type: ignore[no-untyped-def]
 def test_spark_equals_engine(spark, sqlite_store, catalogue, aggregation: str, in_stock_only: bool) -> None:  # type: ignore[no-untyped-def]
     opts = ScoreOptions(k=8, aggregation=aggregation, threshold=0.1)  # type: ignore[arg-type]
     features = load_features(spark, sqlite_store.url, MODEL, shards=5)
-    answers = score_queries(spark, features, sqlite_store.url, MODEL, catalogue, opts, in_stock_only)
-    service = SearchService(sqlite_store, load_index(sqlite_store, MODEL))
+    search = SearchSettings()
+    answers = score_queries(
+        spark, features, sqlite_store.url, MODEL, catalogue, opts, search.dtype, in_stock_only
+    )
+    service = SearchService(sqlite_store, load_index(sqlite_store, MODEL, search))
     assert len(answers) == len(catalogue)
     for answer, q in zip(answers, l2_normalise(catalogue), strict=True):
         expected = service.search_vector(q, opts, in_stock_only)
@@ -69,11 +76,14 @@ def test_spark_equals_engine(spark, sqlite_store, catalogue, aggregation: str, i
 def test_wrong_dimension_is_refused(spark, sqlite_store, catalogue) -> None:  # type: ignore[no-untyped-def]
     features = load_features(spark, sqlite_store.url, MODEL, shards=2)
     with pytest.raises(ValueError, match=f"must have {DIM} columns, got 5"):
-        score_queries(spark, features, sqlite_store.url, MODEL, np.ones((1, 5), np.float32), ScoreOptions())
+        score_queries(
+            spark, features, sqlite_store.url, MODEL, np.ones((1, 5), np.float32), ScoreOptions(), "float16"
+        )
 
 
 def test_queries_from_stored_images_and_a_file(spark, sqlite_store, catalogue, tmp_path) -> None:  # type: ignore[no-untyped-def]
-    index = load_index(sqlite_store, MODEL)
+    search = SearchSettings()
+    index = load_index(sqlite_store, MODEL, search)
     images = [as_uuid(i) for i in index.image_id_array()[:3]]
     q = queries.from_images(sqlite_store, MODEL, images)
     np.testing.assert_array_equal(q, [index.image_vector(i)[1] for i in images])
@@ -84,7 +94,7 @@ def test_queries_from_stored_images_and_a_file(spark, sqlite_store, catalogue, t
     with pytest.raises(UnknownId, match="is not in the store"):
         queries.from_images(sqlite_store, MODEL, [uuid.uuid4()])
     features = load_features(spark, sqlite_store.url, MODEL, shards=3)
-    answers = score_queries(spark, features, sqlite_store.url, MODEL, q, ScoreOptions(k=5))
+    answers = score_queries(spark, features, sqlite_store.url, MODEL, q, ScoreOptions(k=5), search.dtype)
     service = SearchService(sqlite_store, index)
     for answer, vector in zip(answers, q, strict=True):
         expected = service.search_vector(vector, ScoreOptions(k=5))
@@ -95,9 +105,7 @@ def test_float32_in_memory_dtype_matches_the_engine(spark, sqlite_store, catalog
     opts = ScoreOptions(k=6, aggregation="mean_top_n")
     features = load_features(spark, sqlite_store.url, MODEL, shards=4)
     answers = score_queries(spark, features, sqlite_store.url, MODEL, catalogue, opts, dtype="float32")
-    service = SearchService(
-        sqlite_store, load_index(sqlite_store, MODEL, settings=SearchSettings(dtype="float32"))
-    )
+    service = SearchService(sqlite_store, load_index(sqlite_store, MODEL, SearchSettings(dtype="float32")))
     for answer, q in zip(answers, l2_normalise(catalogue), strict=True):
         expected = service.search_vector(q, opts)
         assert [r.listing_id for r in answer.results] == [r.listing_id for r in expected.results]
@@ -106,10 +114,17 @@ def test_float32_in_memory_dtype_matches_the_engine(spark, sqlite_store, catalog
         )
 
 
-def test_k_out_of_range_is_refused(spark, sqlite_store, catalogue) -> None:  # type: ignore[no-untyped-def]
-    features = load_features(spark, sqlite_store.url, MODEL, shards=2)
-    with pytest.raises(ValueError, match="k must be between 1 and 1000, got 1001"):
-        score_queries(spark, features, sqlite_store.url, MODEL, catalogue, ScoreOptions(k=1001))
+def test_k_out_of_range_is_refused(
+    sqlite_store: SQLiteStore, catalogue: np.ndarray, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """k is checked where requests enter: the job's command line."""
+    np.save(tmp_path / "q.npy", catalogue[:1])
+    with pytest.raises(SystemExit) as exited:
+        spark_search.main(["--vectors", str(tmp_path / "q.npy"), "--k", "1001"])
+    assert (
+        exited.value.code == 2
+        and "argument --k: k must be between 1 and 1000, got 1001" in capsys.readouterr().err
+    )
 
 
 def test_the_job_runs_from_the_command_line(sqlite_store, catalogue, tmp_path) -> None:  # type: ignore[no-untyped-def]
@@ -119,12 +134,13 @@ def test_the_job_runs_from_the_command_line(sqlite_store, catalogue, tmp_path) -
         "LOOKALIKE_STORE": sqlite_store.url,
         "LOOKALIKE_SPARK_MASTER": "local[1]",
         "LOOKALIKE_SEARCH_FOLLOW": "off",
+        "LOOKALIKE_MODEL_NAME": MODEL.name,
     }
-    args = [sys.executable, "-m", "search.spark", "--vectors", str(tmp_path / "q.npy"), "--k", "4"]
+    args = [sys.executable, "-m", "lookalike.spark_search", "--vectors", str(tmp_path / "q.npy"), "--k", "4"]
     done = subprocess.run(args, env=env, capture_output=True, text=True, timeout=300, check=False)
     assert done.returncode == 0, done.stderr[-2000:]
     answers = json.loads(done.stdout)
-    service = SearchService(sqlite_store, load_index(sqlite_store, MODEL))
+    service = SearchService(sqlite_store, load_index(sqlite_store, MODEL, SearchSettings()))
     for answer, q in zip(answers, l2_normalise(catalogue[:2]), strict=True):
         expected = service.search_vector(q, ScoreOptions(k=4))
         assert [r["listing_id"] for r in answer["results"]] == [str(r.listing_id) for r in expected.results]

@@ -24,12 +24,13 @@ import pytest
 from cassandra.metadata import Murmur3Token
 from pydantic import ValidationError
 
+from config.cassandra import CassandraSettings
 from schemas import codec
 from schemas.records import Extracted, FeatureBatch, ImageRecord, ModelInfo, StockLevel
 from store import ResultRow, Store, StoreError, StoreUnavailable, open_store
 from store.cassandra import CassandraStore
 from store.cassandra_scan import MAX_TOKEN, MIN_TOKEN, in_range, shard_ranges
-from store.cassandra_settings import CassandraSettings, parse_url
+from store.cassandra_url import parse_url
 from store.migrations import load_migrations, split_statements
 from tests.conftest import CASSANDRA_ENV, SKIP_CASSANDRA
 
@@ -400,6 +401,8 @@ def test_models_side_by_side(store: Store) -> None:
     assert len(store.listing_features(listing, small)) == 2
     assert store.listing_features(listing, large).vectors.shape == (2, 12)
     assert store.get_model(small.name) == small and store.get_model(large.name) == large
+    assert (store.count_features(small), store.count_features(large)) == (len(both), len(again + only_large))
+    assert store.count_features(new_model()) == 0
 
 
 @pytest.mark.parametrize("dtype", ["float16", "float32"])

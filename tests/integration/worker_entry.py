@@ -13,8 +13,9 @@ import time
 
 import torch
 
+from config.settings import Settings
 from extract.model import SPECS, FeatureModel
-from extract.runner import run_worker
+from lookalike.worker import run_worker
 from schemas.records import ModelInfo
 from tests.conftest import TinyNet
 
@@ -41,7 +42,9 @@ def main() -> None:
     parser.add_argument("--delay", type=float, default=0.0)
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s worker: %(message)s")
-    totals = run_worker(drain=args.drain, metrics_port=0, console=None, model=slow_tiny_model(args.delay))
+    totals = run_worker(
+        Settings.from_env(), drain=args.drain, metrics_port=0, console=None, model=slow_tiny_model(args.delay)
+    )
     print(f"stored {totals.images} dead letters {totals.dead_letters}", flush=True)
 
 

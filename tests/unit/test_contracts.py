@@ -7,10 +7,11 @@ import uuid
 import numpy as np
 import pytest
 
-from lookalike.settings import CoreSettings, KafkaSettings, check_environment
+from config.settings import CoreSettings, KafkaSettings, check_environment
 from schemas import codec, ids
 from schemas.messages import (
     DeleteMessage,
+    Headers,
     ImageMessage,
     MessageError,
     parse_image_topic,
@@ -88,9 +89,7 @@ def test_image_message_round_trips_through_headers() -> None:
         ),
     ],
 )
-def test_image_message_rejects_broken_messages(
-    headers: list[tuple[str, bytes]], value: bytes, reason: str
-) -> None:
+def test_image_message_rejects_broken_messages(headers: Headers, value: bytes, reason: str) -> None:
     with pytest.raises(MessageError, match=reason):
         ImageMessage.from_kafka(headers, value)
 
@@ -114,7 +113,7 @@ def test_removals_round_trip_and_images_still_parse(image_id: uuid.UUID | None) 
         ([("op", b"rename"), ("listing_id", str(uuid.uuid4()).encode())], b"", "unknown op 'rename'"),
     ],
 )
-def test_broken_removals_are_rejected(headers: list[tuple[str, bytes]], value: bytes, reason: str) -> None:
+def test_broken_removals_are_rejected(headers: Headers, value: bytes, reason: str) -> None:
     with pytest.raises(MessageError, match=reason):
         parse_image_topic(headers, value)
 

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from typer.main import get_command
 
+from config.settings import check_environment
 from lookalike.cli import app
-from lookalike.settings import check_environment
 
 DCOS = Path(__file__).resolve().parents[2] / "dcos"
 

@@ -71,7 +71,7 @@ def test_references_over_the_size_limit_are_refused(tmp_path: Path) -> None:
 
 
 def test_unreachable_http_references_are_refused() -> None:
-    from ingest.broker import free_port
+    from messaging.broker import free_port
 
     with pytest.raises(DecodeError, match=r"cannot read http://127\.0\.0\.1"):
         fetch(_ref(f"http://127.0.0.1:{free_port()}/a.jpg"), timeout_s=2)

@@ -3,24 +3,33 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Collection, Sequence
+from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 import pytest
 
-from lookalike.settings import SearchSettings
+from config.settings import SearchSettings
 from schemas.codec import l2_normalise
 from schemas.records import FeatureBatch, ModelInfo
-from search.engine import ExactIndex, UnknownId
+from search.engine import UnknownId, VectorIndex
 from search.scoring import ScoreOptions
 
 DIM = 16
 MODEL = ModelInfo("vgg16_fc7", "test", DIM, "float32", "random:test")
 
 
-def oracle(vectors, listing_of, q, opts, exclude=()):  # type: ignore[no-untyped-def]
+def oracle(
+    vectors: npt.NDArray[Any],
+    listing_of: Sequence[uuid.UUID],
+    q: npt.NDArray[Any],
+    opts: ScoreOptions,
+    exclude: Collection[uuid.UUID] = (),
+) -> list[tuple[uuid.UUID, float]]:
     """Plain Python: the definition of the answer."""
     scores = vectors @ q
-    per = {}
+    per: dict[uuid.UUID, float] = {}
     for lid in set(listing_of):
         s = sorted((float(scores[i]) for i in range(len(scores)) if listing_of[i] == lid), reverse=True)
         if opts.aggregation == "max":
@@ -46,7 +55,7 @@ def make_index(seed: int, n_listings: int = 30, ties: bool = False, dtype: str =
         v[len(v) // 2 :] = v[: len(v) - len(v) // 2]
     v = v.astype(dtype).astype(np.float32)  # what the index holds: the oracle scores the same values
     image_ids = [uuid.uuid4() for _ in listing_of]
-    index = ExactIndex(MODEL, SearchSettings(dtype=dtype))  # type: ignore[arg-type]
+    index = VectorIndex(MODEL, SearchSettings(dtype=dtype))  # type: ignore[arg-type]
     index.add(
         FeatureBatch(
             np.array([x.bytes for x in listing_of], dtype="S16"),

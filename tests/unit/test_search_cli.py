@@ -21,6 +21,7 @@ DIM = 10
 def imported(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, np.ndarray, list[str]]:
     monkeypatch.setenv("LOOKALIKE_STORE", f"sqlite:///{tmp_path / 'cli.db'}")
     monkeypatch.setenv("LOOKALIKE_SEARCH_FOLLOW", "off")
+    monkeypatch.setenv("LOOKALIKE_MODEL_NAME", "vgg16_fc7")  # not "auto": the name vectors are stored under
     rng = np.random.default_rng(0)
     vectors = rng.normal(size=(12, DIM)).astype(np.float32)
     listings = [str(uuid.uuid4()) for _ in range(4)]
@@ -61,7 +62,8 @@ def test_import_then_search_by_vector(imported: tuple[Path, np.ndarray, list[str
     [
         (["--vector", "{tmp}/bad.npy"], "must have 10 columns"),
         (["--vector", "{tmp}/q.npy", "--k", "0"], "equal to 1"),
-        (["--vector", "{tmp}/q.npy", "--aggregation", "median"], "aggregation must be one of"),
+        (["--vector", "{tmp}/q.npy", "--k", "5000"], "less than or equal to 1000"),
+        (["--vector", "{tmp}/q.npy", "--aggregation", "median"], "'median' is not one of"),
         (["--image-id", "not-a-uuid"], "must be a UUID"),
         (["--image-id", str(uuid.UUID(int=1))], "has no vector"),
     ],

@@ -11,13 +11,15 @@ import uuid
 import numpy as np
 import pytest
 
-from lookalike.settings import SearchSettings
+from config.settings import SearchSettings
 from schemas.codec import l2_normalise
 from schemas.records import Extracted, ImageRecord, ModelInfo, StockLevel
-from search.engine import UnknownId, VectorIndex, load_index
+from search.engine import UnknownId
 from search.follow import Follower, StoreScanSource
+from search.loader import load_index
 from search.scoring import ScoreOptions
 from search.service import Query, SearchService
+from search.tier import SearchIndex
 from tests.unit.test_scoring import oracle
 
 DIM = 12
@@ -51,7 +53,7 @@ def catalogue(sqlite_store):  # type: ignore[no-untyped-def]
     return rows, {s.listing_id: s.inventory for s in stock}
 
 
-def holds(index: VectorIndex, image_id: uuid.UUID) -> bool:
+def holds(index: SearchIndex, image_id: uuid.UUID) -> bool:
     try:
         index.image_vector(image_id)
     except UnknownId:
@@ -67,7 +69,7 @@ def stored(rows: list[Extracted]) -> tuple[np.ndarray, list[uuid.UUID]]:
 @pytest.mark.parametrize("in_stock_only", [False, True])
 def test_stock_join_and_filter(sqlite_store, catalogue, in_stock_only: bool) -> None:  # type: ignore[no-untyped-def]
     rows, inventory = catalogue
-    service = SearchService(sqlite_store, load_index(sqlite_store, MODEL))
+    service = SearchService(sqlite_store, load_index(sqlite_store, MODEL, SearchSettings()))
     q = l2_normalise(np.random.default_rng(0).normal(size=DIM))
     answer = service.search(Query(vector=q), ScoreOptions(k=8), in_stock_only)
     v, listing_of = stored(rows)
@@ -79,7 +81,7 @@ def test_stock_join_and_filter(sqlite_store, catalogue, in_stock_only: bool) -> 
 
 
 def test_write_back_is_sorted_and_one_slice(sqlite_store, catalogue) -> None:  # type: ignore[no-untyped-def]
-    service = SearchService(sqlite_store, load_index(sqlite_store, MODEL))
+    service = SearchService(sqlite_store, load_index(sqlite_store, MODEL, SearchSettings()))
     queries = l2_normalise(np.random.default_rng(1).normal(size=(3, DIM)))
     answers = service.search_many(queries, ScoreOptions(k=10, aggregation="count_above", threshold=0.0))
     for answer in answers:
@@ -94,7 +96,7 @@ def test_write_back_is_sorted_and_one_slice(sqlite_store, catalogue) -> None:  #
 
 def test_query_by_image_and_listing_leaves_out_its_own_listing(sqlite_store, catalogue) -> None:  # type: ignore[no-untyped-def]
     rows, _ = catalogue
-    service = SearchService(sqlite_store, load_index(sqlite_store, MODEL))
+    service = SearchService(sqlite_store, load_index(sqlite_store, MODEL, SearchSettings()))
     first = rows[0].image
     by_image = service.search(Query(image_id=first.image_id), ScoreOptions(k=5))
     assert first.listing_id not in [r.listing_id for r in by_image.results]
@@ -107,28 +109,28 @@ def test_query_by_image_and_listing_leaves_out_its_own_listing(sqlite_store, cat
 
 
 def test_min_score(sqlite_store, catalogue) -> None:  # type: ignore[no-untyped-def]
-    service = SearchService(sqlite_store, load_index(sqlite_store, MODEL))
+    service = SearchService(sqlite_store, load_index(sqlite_store, MODEL, SearchSettings()))
     q = l2_normalise(np.random.default_rng(2).normal(size=DIM))
     answer = service.search(Query(vector=q), ScoreOptions(k=30, min_score=0.3))
     assert answer.results and all(r.score >= 0.3 for r in answer.results)
 
 
 def test_clear_errors(sqlite_store, catalogue) -> None:  # type: ignore[no-untyped-def]
-    service = SearchService(sqlite_store, load_index(sqlite_store, MODEL))
+    service = SearchService(sqlite_store, load_index(sqlite_store, MODEL, SearchSettings()))
     with pytest.raises(ValueError, match=f"must have {DIM} values, got 4"):
         service.search(Query(vector=np.ones(4, np.float32)), ScoreOptions())
     with pytest.raises(UnknownId, match=r"image .* has no vector"):
         service.search(Query(image_id=uuid.uuid4()), ScoreOptions())
     with pytest.raises(UnknownId, match=r"listing .* has no vectors"):
         service.search(Query(listing_id=uuid.uuid4()), ScoreOptions())
-    with pytest.raises(ValueError, match="k must be between 1 and 1000, got 5000"):
-        service.search(Query(vector=np.ones(DIM, np.float32)), ScoreOptions(k=5000))
+    with pytest.raises(ValueError, match="k must be at least 1, got 0"):
+        service.search(Query(vector=np.ones(DIM, np.float32)), ScoreOptions(k=0))
     with pytest.raises(ValueError, match="exactly one of"):
         Query()
 
 
 def test_store_scan_follower_sees_writes_and_deletes(sqlite_store, catalogue) -> None:  # type: ignore[no-untyped-def]
-    index = load_index(sqlite_store, MODEL, settings=SearchSettings(follow="off"))
+    index = load_index(sqlite_store, MODEL, SearchSettings(follow="off"))
     before = len(index)
     follower = Follower(index, StoreScanSource(sqlite_store, MODEL, index), interval_s=0.05)
     new = extracted(np.random.default_rng(5), uuid.uuid4(), 2)
@@ -148,7 +150,7 @@ def test_store_scan_follower_sees_writes_and_deletes(sqlite_store, catalogue) ->
 
 def test_follower_thread_makes_a_write_searchable(sqlite_store, catalogue) -> None:  # type: ignore[no-untyped-def]
     settings = SearchSettings(follow="scan", follow_interval_s=0.05)
-    index = load_index(sqlite_store, MODEL, settings=settings)
+    index = load_index(sqlite_store, MODEL, settings)
     assert index.follower is not None
     try:
         new = extracted(np.random.default_rng(6), uuid.uuid4(), 1)

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pydantic import SecretStr
 
-from lookalike.settings import SparkSettings
+from config.cassandra import CassandraSettings
+from config.settings import SparkSettings
 from search.spark.cassandra import connector_conf, uses_connector
-from store.cassandra_settings import CassandraSettings
 
 URL = "cassandra://c1,c2:9043/shop?dc=eu1"
 CONNECTOR = "com.datastax.spark:spark-cassandra-connector_2.13:3.5.1"

@@ -9,11 +9,11 @@ import urllib.request
 import pytest
 import torch
 
+from config.settings import ExtractSettings, ModelSettings, check_environment
 from extract.metrics import ExtractMetrics
 from extract.monitor import Monitor, status_text
-from extract.runner import explicit_random, worker_command
-from ingest.broker import free_port
-from lookalike.settings import ExtractSettings, ModelSettings, check_environment
+from lookalike.worker import worker_command
+from messaging.broker import free_port
 
 
 def test_metrics_are_served_in_prometheus_format() -> None:
@@ -60,9 +60,10 @@ def test_status_line_reports_rate_lag_and_stage_times(caplog: pytest.LogCaptureF
 
 def test_standalone_workers_use_random_weights_only_when_told(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("LOOKALIKE_MODEL_ALLOW_RANDOM", raising=False)
-    assert ModelSettings().allow_random and not explicit_random(ModelSettings()).allow_random
+    # never by default (the embedded model has real weights), nor in a standalone worker
+    assert not ModelSettings().allow_random
     monkeypatch.setenv("LOOKALIKE_MODEL_ALLOW_RANDOM", "1")
-    assert explicit_random(ModelSettings()).allow_random
+    assert ModelSettings().allow_random
 
 
 def test_worker_processes_get_consecutive_metrics_ports() -> None:

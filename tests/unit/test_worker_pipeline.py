@@ -16,11 +16,11 @@ import torch
 from PIL import Image
 
 from extract import pipeline as pipeline_mod
-from extract import worker as worker_mod
+from extract import steps as steps_mod
 from extract.metrics import ExtractMetrics
 from extract.model import FeatureModel
 from extract.pipeline import ExtractPipeline, PipelineFailed
-from extract.worker import DeadLetters, DecodeOptions, decode_message
+from extract.steps import DeadLetters, DecodeOptions, decode_message
 from extract.writer import StoreWriter
 from schemas.messages import DeleteMessage, Headers, ImageMessage
 from schemas.records import Extracted
@@ -279,7 +279,8 @@ def test_a_store_failure_stops_the_pipeline_after_the_stored_batches(sqlite_stor
                 break
         with pytest.raises(PipelineFailed, match="disk on fire"):
             h.pipeline.drain()
-        assert h.pipeline.completed() == [work[0]]  # stored before the failure: may be committed
+        completed: list[Any] = h.pipeline.completed()
+        assert completed == [work[0]]  # stored before the failure: may be committed
         with pytest.raises(PipelineFailed):
             h.pipeline.completed()
     finally:
@@ -293,7 +294,7 @@ def test_unexpected_decoder_errors_are_dead_lettered(
     def broken(data: bytes, max_pixels: int) -> Image.Image:
         raise struct.error("unpack requires a buffer of 4 bytes")
 
-    monkeypatch.setattr(worker_mod, "decode", broken)
+    monkeypatch.setattr(steps_mod, "decode", broken)
     assert len(harness.run(batches(1))) == 1
     assert len(harness.producer.sent) == 4
     assert all(b"error: unpack" in h["error"] for _, h in harness.producer.sent)

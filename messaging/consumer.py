@@ -20,11 +20,12 @@ from confluent_kafka import (
     TopicPartition,
 )
 
-from lookalike.settings import KafkaConfig
+from config.settings import KafkaConfig
 
 log = logging.getLogger(__name__)
 
 Handler = Callable[[Sequence[Message]], None]
+__all__ = ["BatchSink", "ConsumerLoop", "Handler", "LoopStats", "Message", "SyncSink"]
 
 
 @runtime_checkable

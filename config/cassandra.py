@@ -1,22 +1,18 @@
-"""Where the Cassandra cluster is (the store URL) and how to talk to it (settings).
+"""How the Cassandra store talks to the cluster, from ``LOOKALIKE_CASSANDRA_*`` variables.
 
-Hosts, port, keyspace and local data centre come from the store URL
-(``cassandra://h1,h2:9042/lookalike?dc=dc1``, see :func:`parse_url`); everything else from
-``LOOKALIKE_CASSANDRA_*`` environment variables (:class:`CassandraSettings`). The password is a
-``SecretStr``: it never shows up in a repr, a log line or an error message.
+Where the cluster is (hosts, port, keyspace, local data centre) comes from the store URL
+instead (``store/cassandra_url.py``). The password is a ``SecretStr``: it never shows up in a
+repr, a log line or an error message.
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
-
-from store.base import StoreError
 
 Consistency = Literal[
     "ANY",
@@ -31,8 +27,6 @@ Consistency = Literal[
 ]
 SerialConsistency = Literal["SERIAL", "LOCAL_SERIAL"]
 STRATEGIES = ("SimpleStrategy", "NetworkTopologyStrategy")
-DEFAULT_PORT = 9042
-_KEYSPACE = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,47}$")
 _FACTOR = re.compile(r"^[1-9][0-9]{0,2}(/[0-9]{1,3})?$")  # "3", or "3/1" (transient replicas)
 
 
@@ -109,58 +103,3 @@ class CassandraSettings(BaseSettings):
         """The replication map as CQL: {'class': 'SimpleStrategy', 'replication_factor': '1'}."""
         pairs = ", ".join(f"'{k}': '{v}'" for k, v in self.replication.items())
         return "{" + pairs + "}"
-
-
-@dataclass(frozen=True)
-class CassandraTarget:
-    """Where the cluster is: from ``cassandra://h1,h2[:port]/keyspace?dc=DC``."""
-
-    hosts: tuple[tuple[str, int], ...]
-    keyspace: str
-    dc: str | None
-
-    def describe(self) -> str:
-        return ",".join(f"{h}:{p}" for h, p in self.hosts)
-
-
-def parse_url(url: str) -> CassandraTarget:
-    """Parse a store URL; a port after any host applies to the hosts without one."""
-    expected = "a Cassandra store URL looks like cassandra://h1,h2[:9042]/keyspace?dc=dc1"
-    if not url.startswith("cassandra://"):
-        raise StoreError(f"{expected}, got {url!r}")
-    rest, _, query = url.removeprefix("cassandra://").partition("?")
-    netloc, _, keyspace = rest.partition("/")
-    if "@" in netloc:
-        raise StoreError(
-            "credentials do not belong in the store URL (it is logged): set "
-            "LOOKALIKE_CASSANDRA_USERNAME and LOOKALIKE_CASSANDRA_PASSWORD"
-        )
-    parsed = [_host_port(item, url) for item in netloc.split(",")]
-    ports = {p for _, p in parsed if p is not None}
-    default_port = ports.pop() if len(ports) == 1 else DEFAULT_PORT
-    hosts = tuple((h, default_port if p is None else p) for h, p in parsed)
-    keyspace = keyspace.strip("/")
-    if not _KEYSPACE.match(keyspace) or keyspace.lower().startswith("system"):
-        raise StoreError(
-            f"{expected}; the keyspace must be letters, digits and _ (at most 48, not system*), "
-            f"got {keyspace!r}"
-        )
-    options: dict[str, str] = {}
-    for pair in filter(None, query.split("&")):
-        key, _, value = pair.partition("=")
-        if key != "dc" or not value:
-            raise StoreError(f"{expected}; the only URL option is dc=<local data centre>, got {pair!r}")
-        options[key] = value
-    return CassandraTarget(hosts, keyspace.lower(), options.get("dc"))
-
-
-def _host_port(item: str, url: str) -> tuple[str, int | None]:
-    host, port = item, ""
-    if item.startswith("["):  # [IPv6]:port
-        host, _, tail = item[1:].partition("]")
-        port = tail.removeprefix(":")
-    elif item.count(":") == 1:
-        host, _, port = item.partition(":")
-    if not host or (port and not (port.isdigit() and 0 < int(port) < 65536)):
-        raise StoreError(f"bad host[:port] {item!r} in store URL {url!r}")
-    return host, int(port) if port else None

@@ -9,10 +9,7 @@ import subprocess
 import time
 from types import TracebackType
 
-from confluent_kafka.admin import AdminClient
-from confluent_kafka.cimpl import NewTopic
-
-from lookalike.settings import KafkaConfig
+from messaging.errors import MessagingError
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +46,9 @@ class EmbeddedBroker:
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
+            # its own process group: a Ctrl-C in the terminal reaches only the parent, which
+            # stops its Kafka clients first and then this broker (else it dies under them)
+            process_group=0,
         )
         self._wait_ready()
         log.info("embedded Kafka broker (Tansu) on %s", self.bootstrap)
@@ -60,14 +60,14 @@ class EmbeddedBroker:
             assert self._proc is not None
             if self._proc.poll() is not None:
                 err = self._proc.stderr.read().decode() if self._proc.stderr else ""
-                raise RuntimeError(f"embedded broker exited with {self._proc.returncode}: {err}")
+                raise MessagingError(f"embedded broker exited with {self._proc.returncode}: {err}")
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
                     return
             except OSError:
                 time.sleep(0.1)
         self.stop()
-        raise TimeoutError(f"embedded broker did not listen on {self.bootstrap} in {self._timeout}s")
+        raise MessagingError(f"embedded broker did not listen on {self.bootstrap} in {self._timeout}s")
 
     def stop(self) -> None:
         if self._proc and self._proc.poll() is None:
@@ -87,24 +87,3 @@ class EmbeddedBroker:
         self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.stop()
-
-
-def ensure_topics(
-    client_config: KafkaConfig, topics: list[str], partitions: int, replication: int = 1
-) -> None:
-    """Create missing topics (idempotent; an existing topic is left as it is)."""
-    admin = AdminClient(client_config)
-    existing = set(admin.list_topics(timeout=15).topics)
-    wanted = [
-        NewTopic(t, num_partitions=partitions, replication_factor=replication)
-        for t in topics
-        if t not in existing
-    ]
-    if not wanted:
-        return
-    for topic, future in admin.create_topics(wanted, operation_timeout=15).items():
-        try:
-            future.result(timeout=30)
-        except Exception as exc:  # confluent-kafka raises KafkaException wrapping the error
-            if "TOPIC_ALREADY_EXISTS" not in str(exc):
-                raise RuntimeError(f"cannot create topic {topic}: {exc}") from exc
