@@ -2,8 +2,9 @@
 
 The main segment's vectors live inside a FAISS flat inner-product index (``IndexScalarQuantizer``
 QT_fp16 for float16, ``IndexFlatIP`` for float32): the engine reads them as a numpy array
-over the index's own codes, so there is one copy of the matrix. For one query FAISS's fused
-decode-and-dot scan is faster than widening blocks for BLAS (bench-search reports both).
+over the index's own codes, so there is one copy of the matrix. Both FAISS's fused fp16 scan
+and the engine's own (``search/kernel.py``) read the matrix once at about memory read speed;
+the first pass saves the aggregation over every row (bench-search reports both paths).
 
 FAISS returns the best ``candidates`` images, not every score. The listings they belong to are
 rescored exactly by the engine, and the answer is kept only when it is provably the exact one:
@@ -25,7 +26,7 @@ import numpy.typing as npt
 
 from search import kernel
 
-NORM_ROWS = 65536  # rows per chunk when measuring row norms
+NORM_BYTES = 16 << 20  # float32 widened at a time when measuring row norms (no spike at load)
 HUGE_PAGE = 2 << 20
 MADV_HUGEPAGE, MADV_COLLAPSE = 14, 25  # Linux; COLLAPSE (6.1+) makes huge pages now
 FIRST_PASS_AGGREGATIONS = ("max", "mean_top_n")  # a listing's score is at most its best image's
@@ -45,10 +46,15 @@ class FlatIndex:
         return rows[0][found].astype(np.int64), floor
 
     def slack(self, query: kernel.F32) -> float:
-        """How far FAISS's float32 sum of a row may be from the engine's: both round at most
-        dim * 2^-24 * |x|.|q| each (summation order differs), doubled for safety."""
+        """How far FAISS's float32 sum of a row may be from the engine's. float16 rows widen
+        exactly, so each is a float32 sum of dim products with one rounding per term at most:
+        FAISS's (any order) is within dim * 2^-24 * |x|.|q| of the true value (Cauchy-Schwarz
+        bounds sum |x_i q_i| by |x|.|q|), the engine's (16 lanes of ceil(dim/16) fused
+        multiply-adds, then a tree of 4 adds) within (ceil(dim/16) + 4) * 2^-24 * |x|.|q|.
+        The slack is their sum, doubled for safety (second-order terms, the norm's rounding)."""
         dim = query.shape[-1]
-        return float(4.0 * dim * 2.0**-24 * float(np.linalg.norm(query)) * self.max_norm)
+        terms = dim + -(-dim // kernel.LANES) + 4
+        return float(2.0 * terms * 2.0**-24 * float(np.linalg.norm(query)) * self.max_norm)
 
 
 def allocate(rows: int, dim: int, dtype: np.dtype[Any]) -> tuple[Any, kernel.Vectors]:
@@ -93,8 +99,10 @@ def seal(index: Any, vectors: kernel.Vectors) -> FlatIndex | None:
     if index is None:
         return None
     index.ntotal = len(vectors)
+    index.codes.resize(vectors.nbytes)  # fewer rows than allocated: shrinks in place, never moves
+    step = max(1, NORM_BYTES // max(1, 4 * vectors.shape[1]))
     norms = [
-        float(np.linalg.norm(kernel.widen(vectors[s : s + NORM_ROWS]), axis=1).max())
-        for s in range(0, len(vectors), NORM_ROWS)
+        float(np.linalg.norm(kernel.widen(vectors[s : s + step]), axis=1).max())
+        for s in range(0, len(vectors), step)
     ]
     return FlatIndex(index, max(norms, default=0.0))

@@ -1,15 +1,24 @@
 """The exact scoring kernel: inner products of every stored vector with a batch of queries.
 
-float16 rows are widened to float32 a block at a time into a reused, cache-sized buffer, and
-each block is one BLAS matrix product with the whole query batch; the stored matrix is read
-from memory once per batch, so one query costs about what reading the matrix costs. float32
-rows go to BLAS directly. The engine and the Spark job both score through ``score``.
+The scan is a small C kernel (``search/_scan.c``, built when the package is installed, loaded
+with ctypes, which releases the GIL): float16 rows are converted in registers (F16C/AVX-512)
+and multiplied straight away, so the matrix is read once, at the speed memory can be read,
+for one query or a batch (rows are taken a tile at a time and every query is applied while the
+tile sits in L1). The best path the CPU offers is chosen at run time (AVX-512F, else AVX2 + FMA
++ F16C, else portable C); all give the same bits. A score is one fixed sum (16 lanes of fused
+multiply-adds in dimension order, then a fixed tree), so a row's score depends on that row and
+the query only: not on the batch, the thread, the path or where the row lies. The engine and
+the Spark job both score through ``score``.
 """
 
 from __future__ import annotations
 
+import ctypes
+import importlib.machinery
 import warnings
-from typing import Any
+from functools import cache
+from pathlib import Path
+from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -17,47 +26,105 @@ import torch
 
 F32 = npt.NDArray[np.float32]
 Vectors = npt.NDArray[np.float16] | npt.NDArray[np.float32]
-BLOCK_BYTES = 4 << 20  # float32 block kept in L2/L3 while BLAS reads it
+Isa = Literal["generic", "avx2", "avx512"]
+ISAS: tuple[Isa, ...] = ("generic", "avx2", "avx512")  # the C kernel's paths, by its numbering
+LIBRARY = "_scan"
+LANES = 16  # a score is 16 lanes of fused multiply-adds, summed as a fixed tree
 
 
-def block_rows(dim: int, queries: int) -> int:
-    """Rows per block: the widened block stays cache-sized, larger batches get smaller blocks."""
-    return max(64, BLOCK_BYTES // (4 * dim) // max(1, queries // 16))
+@cache
+def _lib() -> ctypes.CDLL:
+    here = Path(__file__).parent
+    for suffix in importlib.machinery.EXTENSION_SUFFIXES:
+        path = here / (LIBRARY + suffix)
+        if path.is_file():
+            break
+    else:
+        raise ImportError(
+            f"the scan kernel {here / LIBRARY}.*.so is not built: run 'make test' (or "
+            "'uv pip install -e .'), which compiles search/_scan.c"
+        )
+    lib = ctypes.CDLL(str(path))
+    i64, ptr = ctypes.c_int64, ctypes.c_void_p
+    lib.lk_isa.argtypes, lib.lk_isa.restype = [], ctypes.c_int
+    lib.lk_scan.argtypes = [ptr, ctypes.c_int, i64, i64, ptr, i64, ptr, ctypes.c_int, ctypes.c_int]
+    lib.lk_scan.restype = ctypes.c_int
+    lib.lk_read_sum.argtypes = [ptr, i64, ctypes.c_int, ctypes.c_int]
+    lib.lk_read_sum.restype = ctypes.c_uint64
+    lib.lk_permute_rows.argtypes = [ptr, ptr, i64, i64]
+    lib.lk_permute_rows.restype = ctypes.c_int
+    return lib
 
 
-def score(vectors: Vectors, queries: F32) -> F32:
-    """(rows, queries) float32 inner products of ``vectors`` (rows, dim) with ``queries``
-    (queries, dim). A row's score depends on that row and the query, up to its last bit: BLAS
-    may round a row one ulp differently depending on where it falls in a block."""
+def best_isa() -> Isa:
+    """The fastest path this CPU (and its OS) supports."""
+    level: int = _lib().lk_isa()
+    return ISAS[level]
+
+
+def default_threads() -> int:
+    """Scan threads when not told: the process-wide setting (``ann.configure_threads``)."""
+    return max(1, torch.get_num_threads())
+
+
+def score(vectors: Vectors, queries: F32, threads: int | None = None, isa: Isa | None = None) -> F32:
+    """(rows, queries) float32 inner products of ``vectors`` (rows, dim; float16 or float32)
+    with ``queries`` (queries, dim), reading ``vectors`` once. ``threads`` split the rows (the
+    kernel starts fewer when the work is small); ``isa`` forces a path (tests; at most
+    :func:`best_isa`)."""
     q = np.ascontiguousarray(queries, dtype=np.float32)
     if q.ndim != 2 or vectors.ndim != 2 or q.shape[1] != vectors.shape[1]:
         raise ValueError(f"queries must be (n, {vectors.shape[1]}), got {q.shape}")
+    if vectors.dtype not in (np.float16, np.float32):
+        raise ValueError(f"vectors must be float16 or float32, got {vectors.dtype}")
     n, m = vectors.shape[0], q.shape[0]
     out = np.empty((n, m), dtype=np.float32)
     if n == 0 or m == 0:
         return out
-    qt = torch.from_numpy(q)
-    out_t = torch.from_numpy(out)
-    if vectors.dtype == np.float32:
-        torch.mm(_tensor(vectors), qt.T, out=out_t)
-        return out
-    rows = block_rows(q.shape[1], m)
-    src = _tensor(vectors)
-    buffer = torch.empty((rows, q.shape[1]), dtype=torch.float32)
-    for start in range(0, n, rows):
-        stop = min(n, start + rows)
-        block = buffer[: stop - start]
-        block.copy_(src[start:stop])
-        if m == 1:
-            torch.mv(block, qt[0], out=out_t[start:stop, 0])
-        else:
-            torch.mm(block, qt.T, out=out_t[start:stop])
+    x = np.ascontiguousarray(vectors)  # read-only arrays (memory maps, Arrow buffers) are fine
+    level = ISAS.index(isa) if isa is not None else len(ISAS) - 1
+    lib = _lib()
+    rc = lib.lk_scan(
+        x.ctypes.data,
+        int(x.dtype == np.float16),
+        n,
+        x.shape[1],
+        q.ctypes.data,
+        m,
+        out.ctypes.data,
+        threads or default_threads(),
+        level,
+    )
+    if rc != 0:
+        raise MemoryError(f"the scan kernel could not allocate {m} padded queries")
     return out
+
+
+def read_sum(buffer: npt.NDArray[Any], threads: int = 1, isa: Isa | None = None) -> int:
+    """The sum of ``buffer``'s 64-bit words, read as the scan reads (same paths, same threads):
+    its time measures read bandwidth."""
+    b = np.ascontiguousarray(buffer)
+    level = ISAS.index(isa) if isa is not None else len(ISAS) - 1
+    return int(_lib().lk_read_sum(b.ctypes.data, b.nbytes, threads, level))
+
+
+def permute_rows(array: npt.NDArray[Any], order: npt.NDArray[np.int64]) -> None:
+    """In place, row i of ``array`` becomes its old row ``order[i]``; ``order`` must be a
+    permutation of its rows. No second matrix: one row of scratch."""
+    n = len(array)
+    perm = np.ascontiguousarray(order, dtype=np.int64)
+    if len(perm) != n or not array.flags.c_contiguous or not array.flags.writeable:
+        raise ValueError(f"need a writable C-contiguous array and {n} row numbers, got {len(perm)}")
+    if n and (perm.min() < 0 or perm.max() >= n or not (np.bincount(perm, minlength=n) == 1).all()):
+        raise ValueError("order must be a permutation of the rows")
+    row_bytes = array[:1].nbytes
+    if _lib().lk_permute_rows(array.ctypes.data, perm.ctypes.data, n, row_bytes) != 0:
+        raise MemoryError("no memory for the permutation's bookkeeping")
 
 
 def _tensor(a: Vectors) -> torch.Tensor:
     """A zero-copy tensor over an array; read-only arrays (memory maps, Arrow buffers) are
-    fine because the kernel only reads them."""
+    fine because the conversions only read them."""
     arr = np.ascontiguousarray(a)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
@@ -80,3 +147,10 @@ def narrow(vectors: npt.NDArray[np.floating], dtype: np.dtype[Any]) -> Vectors:
     out: Vectors = np.empty(vectors.shape, dtype=dtype)
     torch.from_numpy(out).copy_(_tensor(np.ascontiguousarray(vectors)))
     return out
+
+
+def narrow_into(vectors: npt.NDArray[np.floating], out: Vectors) -> None:
+    """``vectors`` converted into ``out`` (same shape, float16 or float32) with SIMD, no temporary."""
+    if vectors.shape != out.shape:
+        raise ValueError(f"cannot write {vectors.shape} into {out.shape}")
+    torch.from_numpy(out).copy_(_tensor(np.ascontiguousarray(vectors)))

@@ -8,6 +8,7 @@ live rows in (listing, image) order: ``order`` maps each live row to its place i
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -58,14 +59,19 @@ class Segment:
         wins; rows where ``alive`` (over the concatenated parts) is False are left out. The
         vectors are copied once, in bounded chunks (into a FAISS flat index's storage when
         ``with_flat``), or not at all when already in order."""
+        whole = parts[0] if len(parts) == 1 and isinstance(parts[0], Segment) else None
+        if (
+            with_flat
+            and alive is None
+            and whole is not None
+            and whole.flat is not None
+            and whole.vectors.dtype == dtype
+        ):
+            return whole  # a segment is sorted and unique: already what was asked
         listing_rows = np.concatenate([np.zeros(0, "S16"), *(p.listing_ids for p in parts)])
         image_ids = np.concatenate([np.zeros(0, "S16"), *(p.image_ids for p in parts)])
         n = len(image_ids)
-        _, first_reversed = np.unique(image_ids[::-1], return_index=True)
-        keep = n - 1 - first_reversed.astype(np.int64)
-        if alive is not None:
-            keep = keep[alive[keep]]
-        order = keep[np.lexsort((image_ids[keep], listing_rows[keep]))]
+        order = _order(listing_rows, image_ids, alive)
         rows, images = listing_rows[order], image_ids[order]
         if with_flat:
             index, vectors = flat.allocate(len(order), dim, dtype)
@@ -78,8 +84,61 @@ class Segment:
             _gather_parts(parts, order, dtype, vectors)
         return Segment(rows, images, vectors, _keys(rows, images))
 
+    @staticmethod
+    def stream(
+        batches: Iterable[FeatureBatch],
+        rows: int,
+        dtype: np.dtype[Any],
+        dim: int,
+        on_batch: Callable[[int], object] | None = None,
+    ) -> tuple[Segment, list[FeatureBatch]]:
+        """A main segment (in a FAISS flat index) from a scan, with no second matrix: the index
+        is sized for ``rows`` (the store's count) and each batch is written straight into it,
+        one batch converted at a time; rows are then put in (listing, image) order in place
+        (a scan in that order, as SQLite's, needs no move). Rows past ``rows`` (stored after
+        the count) come back as batches, for the fresh tier; fewer rows leave the rest unused.
+        Of rows sharing an image id, the last wins."""
+        index, vectors = flat.allocate(rows, dim, dtype)
+        listing_parts, image_parts, late = [np.zeros(0, "S16")], [np.zeros(0, "S16")], []
+        filled = 0
+        for batch in batches:
+            if batch.vectors.ndim != 2 or batch.vectors.shape[1] != dim:
+                raise ValueError(f"scanned vectors must be (n, {dim}), got {batch.vectors.shape}")
+            take = min(len(batch), rows - filled)
+            if take:
+                kernel.narrow_into(batch.vectors[:take], vectors[filled : filled + take])
+                listing_parts.append(batch.listing_ids[:take])
+                image_parts.append(batch.image_ids[:take])
+                filled += take
+            if take < len(batch):
+                late.append(
+                    FeatureBatch(batch.listing_ids[take:], batch.image_ids[take:], batch.vectors[take:])
+                )
+            if on_batch is not None:
+                on_batch(len(batch))
+        listing_rows, image_ids = np.concatenate(listing_parts), np.concatenate(image_parts)
+        order = _order(listing_rows, image_ids)
+        if not np.array_equal(order, np.arange(filled)):
+            dropped = np.setdiff1d(np.arange(filled), order, assume_unique=True)
+            kernel.permute_rows(vectors[:filled], np.concatenate([order, dropped]))
+        kept = vectors[: len(order)]
+        rows_, images = listing_rows[order], image_ids[order]
+        return Segment(rows_, images, kept, _keys(rows_, images), flat.seal(index, kept)), late
+
     def take(self, mask: npt.NDArray[np.bool_]) -> Segment:
         return Segment(self.listing_ids[mask], self.image_ids[mask], self.vectors[mask], self.keys[mask])
+
+
+def _order(listing_rows: Ids, image_ids: Ids, alive: npt.NDArray[np.bool_] | None = None) -> I64:
+    """Row numbers in (listing, image) order; of rows sharing an image id the last is kept;
+    rows where ``alive`` is False are left out."""
+    n = len(image_ids)
+    _, first_reversed = np.unique(image_ids[::-1], return_index=True)
+    keep = n - 1 - first_reversed.astype(np.int64)
+    if alive is not None:
+        keep = keep[alive[keep]]
+    order: I64 = keep[np.lexsort((image_ids[keep], listing_rows[keep]))]
+    return order
 
 
 def _gather_parts(

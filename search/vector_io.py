@@ -21,7 +21,8 @@ from schemas.ids import parse_uuid
 from schemas.records import Extracted, ImageRecord, ModelInfo
 from store import Store
 
-CHUNK = 1024
+CHUNK = 1024  # rows written to the store at a time
+CHECK_BYTES = 16 << 20  # read at a time while checking every row first
 ID_COLUMNS = ("listing_id", "image_id")
 
 
@@ -95,17 +96,39 @@ def import_features(
         raise ValueError(f"{ids_path} repeats image ids: each row must be a different image")
     _check_rows(vectors, vectors_path)
     model = import_model(store, model_name, vectors.shape[1], dtype, vectors_path)
-    for start, chunk in _chunks(ids):
-        store.write_extracted(
-            _extracted(store, model, vectors_path, chunk, vectors[start : start + len(chunk)]), model.dtype
-        )
+    blocks = _blocks(vectors, vectors_path, CHUNK)
+    for (_, chunk), (_, block) in zip(_chunks(ids), blocks, strict=True):
+        store.write_extracted(_extracted(store, model, vectors_path, chunk, block), model.dtype)
     return ImportResult(model, len(ids), len({listing for listing, _ in ids}))
+
+
+def _blocks(
+    vectors: npt.NDArray[np.floating], path: Path, rows: int
+) -> Iterator[tuple[int, npt.NDArray[np.floating]]]:
+    """(first row, block of ``rows`` rows) read from the file with plain reads: pages touched
+    through the memory map would stay resident (and count) until it is closed, so an import
+    would hold the whole file. A map that is not a plain C-order array is sliced instead."""
+    offset = getattr(vectors, "offset", None)
+    if not isinstance(vectors, np.memmap) or offset is None or not vectors.flags.c_contiguous:
+        for start in range(0, len(vectors), rows):
+            yield start, np.asarray(vectors[start : start + rows])
+        return
+    dim = vectors.shape[1]
+    with path.open("rb") as f:
+        f.seek(offset)
+        for start in range(0, len(vectors), rows):
+            n = min(rows, len(vectors) - start)
+            block = np.fromfile(f, dtype=vectors.dtype, count=n * dim)
+            if block.size != n * dim:
+                raise ValueError(f"{path} ended early: row {start + block.size // dim} of {len(vectors)}")
+            yield start, block.reshape(n, dim)
 
 
 def _check_rows(vectors: npt.NDArray[np.floating], path: Path) -> None:
     """Before anything is written: every row finite and not all zero (it could not be normalised)."""
-    for start in range(0, len(vectors), 65536):
-        block = np.asarray(vectors[start : start + 65536], dtype=np.float32)
+    step = max(1, CHECK_BYTES // max(1, vectors[:1].nbytes))
+    for start, raw in _blocks(vectors, path, step):
+        block = np.asarray(raw, dtype=np.float32)
         bad = np.flatnonzero(~np.isfinite(block).all(axis=1) | ~block.any(axis=1))
         if len(bad):
             raise ValueError(f"row {start + int(bad[0])} of {path} is all zero or not finite")

@@ -1,0 +1,469 @@
+"""The compact tier: for catalogues larger than memory, about 0.6 KB an image instead of 8 KB.
+
+Memory holds, per image, a PCA-reduced float16 code in an IVF (:mod:`search.compact_codes`)
+and its listing and image ids. A query's codes propose ``compact_candidates`` images; every
+listing they belong to is read from the store (``Store.listings_features``: one partition a
+listing) and rescored exactly with the shared scoring (``kernel.score``, ``scoring``), so
+scores are exact and only recall can fall short; recall@10 against exact answers is measured
+when the index is built and logged.
+
+Changes behave as in the in-memory tier: vectors added later sit in a small exact *fresh* tier
+(full vectors in memory) and are searched exactly beside the codes; past
+``compact_fresh_max_rows`` they are encoded into (a copy of) the IVF and their full vectors
+dropped. Removed images are left out of proposals through a bitmap of live rows and out of
+rescoring by id. Rescoring scores what the store holds now for a proposed listing, less what
+the index removed, with the fresh tier's vectors winning over the store's; rows the index
+encoded must therefore be in the store (the follower only applies stored rows).
+
+Every change publishes a new immutable :class:`_View`, which searches read without locks.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import uuid
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+from rich.progress import Progress
+
+from config.settings import SearchSettings
+from schemas.codec import l2_normalise, numpy_dtype
+from schemas.records import FeatureBatch, ModelInfo, as_uuid, id_array
+from search import kernel, scoring
+from search.compact_codes import Codes, nlist_for
+from search.engine import UnknownId
+from search.scoring import RankedListing, ScoreOptions
+from store import Store
+
+log = logging.getLogger(__name__)
+F32 = npt.NDArray[np.float32]
+I64 = npt.NDArray[np.int64]
+Ids = npt.NDArray[np.bytes_]
+RECALL_TOP_IMAGES = 256  # exact best images kept per recall query while building
+
+
+@dataclass(frozen=True)
+class _Rows:
+    """Rows sorted by (listing, image) with full vectors in the index's dtype."""
+
+    listing_ids: Ids
+    image_ids: Ids
+    vectors: kernel.Vectors
+
+    def __len__(self) -> int:
+        return len(self.image_ids)
+
+    @staticmethod
+    def empty(dim: int, dtype: np.dtype[Any]) -> _Rows:
+        none = np.zeros(0, dtype="S16")
+        return _Rows(none, none.copy(), np.zeros((0, dim), dtype=dtype))
+
+    @staticmethod
+    def build(listing_ids: Ids, image_ids: Ids, vectors: kernel.Vectors, dtype: np.dtype[Any]) -> _Rows:
+        """Sorted; of rows sharing an image id the last wins."""
+        n = len(image_ids)
+        _, first_reversed = np.unique(image_ids[::-1], return_index=True)
+        keep = n - 1 - first_reversed.astype(np.int64)
+        order = keep[np.lexsort((image_ids[keep], listing_ids[keep]))]
+        return _Rows(listing_ids[order], image_ids[order], kernel.narrow(vectors[order], dtype))
+
+    def take(self, mask: npt.NDArray[np.bool_]) -> _Rows:
+        return _Rows(self.listing_ids[mask], self.image_ids[mask], self.vectors[mask])
+
+
+@dataclass(frozen=True)
+class _Encoded:
+    """Rows with a code, in IVF id order; never changed once published."""
+
+    codes: Codes
+    listing_ids: Ids
+    image_ids: Ids
+    image_order: npt.NDArray[np.int64]  # argsort of image_ids
+    sorted_images: Ids = field(repr=False)
+
+    def __len__(self) -> int:
+        return len(self.image_ids)
+
+    @staticmethod
+    def of(codes: Codes, listing_ids: Ids, image_ids: Ids) -> _Encoded:
+        order = np.argsort(image_ids, kind="stable")
+        return _Encoded(codes, listing_ids, image_ids, order, image_ids[order])
+
+    def rows_of_images(self, image_ids: Ids) -> I64:
+        """Every row holding one of these image ids (an image replaced later has several)."""
+        lo = np.searchsorted(self.sorted_images, image_ids, "left")
+        hi = np.searchsorted(self.sorted_images, image_ids, "right")
+        counts = hi - lo
+        starts = np.repeat(lo - np.concatenate([[0], np.cumsum(counts)[:-1]]), counts)
+        return self.image_order[starts + np.arange(int(counts.sum()))].astype(np.int64)
+
+    def rows_of_listings(self, listing_ids: Ids) -> I64:
+        if len(listing_ids) <= 8:  # one pass each beats sorting every row
+            hit = np.zeros(len(self), dtype=bool)
+            for key in listing_ids:
+                hit |= self.listing_ids == key
+            return np.flatnonzero(hit)
+        return np.flatnonzero(np.isin(self.listing_ids, listing_ids))
+
+    @property
+    def nbytes(self) -> int:
+        arrays = (self.listing_ids, self.image_ids, self.image_order, self.sorted_images)
+        return self.codes.nbytes + sum(a.nbytes for a in arrays)
+
+
+@dataclass(frozen=True)
+class _View:
+    encoded: _Encoded
+    alive: npt.NDArray[np.bool_]  # per encoded row
+    live_bitmap: npt.NDArray[np.uint8] | None  # packed ``alive``; None when every row is alive
+    removed: Ids  # sorted image ids removed and not added back: left out of rescoring
+    fresh: _Rows
+
+    @staticmethod
+    def make(encoded: _Encoded, alive: npt.NDArray[np.bool_], removed: Ids, fresh: _Rows) -> _View:
+        bitmap = None if alive.all() else np.packbits(alive, bitorder="little")
+        return _View(encoded, alive, bitmap, np.unique(removed), fresh)
+
+    @cached_property
+    def live_rows(self) -> int:
+        return int(self.alive.sum()) + len(self.fresh)
+
+    @cached_property
+    def listing_count(self) -> int:
+        both = np.concatenate([self.encoded.listing_ids[self.alive], self.fresh.listing_ids])
+        return len(np.unique(both))
+
+
+class CompactIndex:
+    """Reduced codes in memory propose listings; their full vectors, read from the store, are
+    rescored exactly. Offers what :class:`search.tier.SearchIndex` asks for."""
+
+    def __init__(
+        self,
+        store: Store,
+        model: ModelInfo,
+        settings: SearchSettings,
+        codes: Codes,
+        listing_ids: Ids,
+        image_ids: Ids,
+    ) -> None:
+        """Over ``codes``, whose rows (in IVF id order) hold these listing and image ids."""
+        if codes.index.ntotal != len(image_ids) or len(listing_ids) != len(image_ids):
+            raise ValueError(
+                f"{codes.index.ntotal} codes need as many listing and image ids, "
+                f"got {len(listing_ids)} and {len(image_ids)}"
+            )
+        self.store, self.model, self.settings = store, model, settings
+        self.dtype = numpy_dtype(settings.dtype)
+        self._lock = threading.Lock()
+        encoded = _Encoded.of(codes, listing_ids, image_ids)
+        alive = np.ones(len(image_ids), dtype=bool)
+        self._view = _View.make(encoded, alive, np.zeros(0, "S16"), _Rows.empty(model.dim, self.dtype))
+        self.recall_at_10: float | None = None
+        self.follower: Any = None
+
+    # -- shape ----------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return self._view.live_rows
+
+    @property
+    def listing_count(self) -> int:
+        return self._view.listing_count
+
+    @property
+    def fresh_rows(self) -> int:
+        return len(self._view.fresh)
+
+    @property
+    def nbytes(self) -> int:
+        """Memory the index holds: codes, ids, the live bitmap and the fresh tier."""
+        v = self._view
+        fresh = v.fresh.vectors.nbytes + v.fresh.listing_ids.nbytes + v.fresh.image_ids.nbytes
+        bitmap = 0 if v.live_bitmap is None else v.live_bitmap.nbytes
+        return v.encoded.nbytes + v.alive.nbytes + bitmap + v.removed.nbytes + fresh
+
+    # -- changes --------------------------------------------------------------------------
+    def add(self, batch: FeatureBatch) -> None:
+        """Add or replace vectors (an image id already present is replaced)."""
+        if batch.vectors.ndim != 2 or batch.vectors.shape[1] != self.model.dim:
+            raise ValueError(
+                f"vectors must be (n, {self.model.dim}) for model {self.model.name}, "
+                f"got {batch.vectors.shape}"
+            )
+        if len(batch) == 0:
+            return
+        with self._lock:
+            v = self._view
+            alive = v.alive.copy()
+            alive[v.encoded.rows_of_images(batch.image_ids)] = False
+            kept = v.fresh.take(~np.isin(v.fresh.image_ids, batch.image_ids))
+            fresh = _Rows.build(
+                np.concatenate([kept.listing_ids, batch.listing_ids]),
+                np.concatenate([kept.image_ids, batch.image_ids]),
+                np.concatenate([kept.vectors, kernel.narrow(batch.vectors, self.dtype)]),
+                self.dtype,
+            )
+            removed = v.removed[~np.isin(v.removed, batch.image_ids)]
+            if len(fresh) > self.settings.compact_fresh_max_rows:
+                self._merge(v.encoded, alive, removed, fresh)
+            else:
+                self._view = _View.make(v.encoded, alive, removed, fresh)
+
+    def remove_images(self, image_ids: Iterable[uuid.UUID]) -> int:
+        """Remove images; returns how many were present."""
+        ids = id_array(image_ids)
+        with self._lock:
+            v = self._view
+            rows = v.encoded.rows_of_images(ids)
+            return self._remove(v, rows[v.alive[rows]], np.isin(v.fresh.image_ids, ids))
+
+    def remove_listing(self, listing_id: uuid.UUID) -> int:
+        """Remove every image of a listing; returns how many were present."""
+        return self.remove_listings([listing_id])
+
+    def remove_listings(self, listing_ids: Iterable[uuid.UUID]) -> int:
+        ids = id_array(listing_ids)
+        with self._lock:
+            v = self._view
+            rows = v.encoded.rows_of_listings(ids)
+            return self._remove(v, rows[v.alive[rows]], np.isin(v.fresh.listing_ids, ids))
+
+    def _remove(self, v: _View, rows: I64, fresh_dead: npt.NDArray[np.bool_]) -> int:
+        gone = len(rows) + int(fresh_dead.sum())
+        if gone:
+            alive = v.alive.copy()
+            alive[rows] = False
+            dead_ids = np.concatenate([v.removed, v.encoded.image_ids[rows], v.fresh.image_ids[fresh_dead]])
+            self._view = _View.make(v.encoded, alive, dead_ids, v.fresh.take(~fresh_dead))
+        return gone
+
+    def compact(self) -> None:
+        """Encode the fresh tier into the codes and drop its full vectors."""
+        with self._lock:
+            v = self._view
+            self._merge(v.encoded, v.alive, v.removed, v.fresh)
+
+    def _merge(self, encoded: _Encoded, alive: npt.NDArray[np.bool_], removed: Ids, fresh: _Rows) -> None:
+        """The fresh rows appended to a copy of the IVF (searches keep reading the old one)."""
+        codes = encoded.codes.clone()
+        codes.add(fresh.vectors)
+        merged = _Encoded.of(
+            codes,
+            np.concatenate([encoded.listing_ids, fresh.listing_ids]),
+            np.concatenate([encoded.image_ids, fresh.image_ids]),
+        )
+        live = np.concatenate([alive, np.ones(len(fresh), dtype=bool)])
+        self._view = _View.make(merged, live, removed, _Rows.empty(self.model.dim, self.dtype))
+        log.info("compact index: %d fresh rows encoded (%d rows with codes)", len(fresh), len(merged))
+
+    # -- lookups --------------------------------------------------------------------------
+    def image_id_array(self) -> Ids:
+        """Every live image id (S16)."""
+        v = self._view
+        return np.concatenate([v.encoded.image_ids[v.alive], v.fresh.image_ids])
+
+    def listing_vectors(self, listing_id: uuid.UUID) -> F32:
+        rows = self._rows(self._view, id_array([listing_id]))
+        if len(rows) == 0:
+            raise UnknownId(f"listing {listing_id} has no vectors of model {self.model.name}")
+        return kernel.widen(rows.vectors)
+
+    def image_vector(self, image_id: uuid.UUID) -> tuple[uuid.UUID, F32]:
+        v = self._view
+        key = id_array([image_id])
+        at = np.flatnonzero(v.fresh.image_ids == key[0])
+        if len(at):
+            return as_uuid(v.fresh.listing_ids[at[0]]), kernel.widen(v.fresh.vectors[at[:1]])[0]
+        rows = v.encoded.rows_of_images(key)
+        rows = rows[v.alive[rows]]
+        if len(rows):
+            listing = v.encoded.listing_ids[rows[:1]]
+            held = self._rows(v, listing)
+            at = np.flatnonzero(held.image_ids == key[0])
+            if len(at):
+                return as_uuid(listing[0]), kernel.widen(held.vectors[at[:1]])[0]
+        raise UnknownId(f"image {image_id} has no vector of model {self.model.name}")
+
+    def _rows(self, v: _View, listing_ids: Ids) -> _Rows:
+        """The live rows of these listings with full vectors: the store's, less what the index
+        removed or holds fresh, and the fresh tier's."""
+        stored = self.store.listings_features([as_uuid(i) for i in listing_ids], self.model)
+        keep = ~np.isin(stored.image_ids, v.removed) & ~np.isin(stored.image_ids, v.fresh.image_ids)
+        fresh = np.isin(v.fresh.listing_ids, listing_ids)
+        listings = np.concatenate([stored.listing_ids[keep], v.fresh.listing_ids[fresh]])
+        images = np.concatenate([stored.image_ids[keep], v.fresh.image_ids[fresh]])
+        vectors = np.concatenate([kernel.narrow(stored.vectors[keep], self.dtype), v.fresh.vectors[fresh]])
+        order = np.lexsort((images, listings))
+        return _Rows(listings[order], images[order], vectors[order])
+
+    # -- search ---------------------------------------------------------------------------
+    def check_queries(self, queries: npt.NDArray[np.floating]) -> F32:
+        return scoring.as_queries(queries, self.model.dim)
+
+    def search(
+        self,
+        query: npt.NDArray[np.floating],
+        opts: ScoreOptions,
+        exclude: Iterable[uuid.UUID] = (),
+        only: set[uuid.UUID] | None = None,
+    ) -> list[RankedListing]:
+        """Top-k listings for one L2-normalised query vector (see ``search_many``)."""
+        q = self.check_queries(query)
+        if q.shape[0] != 1:
+            raise ValueError(f"search takes one query vector, got {q.shape[0]}: use search_many")
+        return self.search_many(q, opts, exclude, only)[0]
+
+    def search_many(
+        self,
+        queries: npt.NDArray[np.floating],
+        opts: ScoreOptions,
+        exclude: Iterable[uuid.UUID] = (),
+        only: set[uuid.UUID] | None = None,
+    ) -> list[list[RankedListing]]:
+        """Top-k listings for each row of ``queries``: the listings of the images the codes
+        propose (and of the best fresh images), rescored exactly; ``only`` restricts the
+        candidates, ``exclude`` removes some. One store read serves the whole batch; each
+        query ranks only its own candidates, so an answer does not depend on the batch."""
+        q = self.check_queries(queries)
+        v = self._view
+        excluded = id_array(exclude)
+        allowed_ids = None if only is None else id_array(only)
+        want = max(self.settings.compact_candidates, 10 * opts.k)
+        labels = v.encoded.codes.propose(q, want, self.settings.compact_nprobe, self._live(v, allowed_ids))
+        fresh_scores = kernel.score(v.fresh.vectors, q)
+        proposed: list[Ids] = []
+        for j in range(len(q)):
+            found = v.encoded.listing_ids[labels[j][labels[j] >= 0]]
+            best_fresh = np.argsort(-fresh_scores[:, j], kind="stable")[:want]
+            proposed.append(np.unique(np.concatenate([found, v.fresh.listing_ids[best_fresh]])))
+        rows = self._rows(v, np.unique(np.concatenate([np.zeros(0, "S16"), *proposed])))
+        scores = kernel.score(rows.vectors, q)
+        starts = scoring.group_starts(rows.listing_ids)
+        listing_ids = rows.listing_ids[starts]
+        allowed = ~np.isin(listing_ids, excluded)
+        if allowed_ids is not None:
+            allowed &= np.isin(listing_ids, allowed_ids)
+        return [
+            scoring.ranked(
+                scores[:, j], starts, listing_ids, rows.image_ids, allowed & np.isin(listing_ids, mine), opts
+            )
+            for j, mine in enumerate(proposed)
+        ]
+
+    @staticmethod
+    def _live(v: _View, only: Ids | None) -> npt.NDArray[np.uint8] | None:
+        """The bitmap of rows the codes may propose: live ones, of allowed listings."""
+        if only is None:
+            return v.live_bitmap
+        return np.packbits(v.alive & np.isin(v.encoded.listing_ids, only), bitorder="little")
+
+    # -- recall ---------------------------------------------------------------------------
+    def measure_recall(self, queries: F32, exact: list[list[bytes]], k: int = 10) -> float:
+        """Share of the exact top-k listings (``exact``, best first, per query) found."""
+        answers = self.search_many(queries, ScoreOptions(k=k))
+        found = sum(
+            len({r.listing_id.bytes for r in a} & set(e[:k])) for a, e in zip(answers, exact, strict=True)
+        )
+        return found / max(1, sum(len(e[:k]) for e in exact))
+
+
+# -- building from the store ----------------------------------------------------------------
+class _ExactTop:
+    """The exact best images of a few queries over a stream of rows, for recall at build."""
+
+    def __init__(self, queries: F32) -> None:
+        self.queries = queries
+        self.scores = np.full((len(queries), 0), -np.inf, dtype=np.float32)
+        self.listings = np.zeros((len(queries), 0), dtype="S16")
+
+    def feed(self, rows: _Rows) -> None:
+        if len(self.queries) == 0 or len(rows) == 0:
+            return
+        scores = np.concatenate([self.scores, kernel.score(rows.vectors, self.queries).T], axis=1)
+        listings = np.concatenate(
+            [self.listings, np.broadcast_to(rows.listing_ids, (len(self.queries), len(rows)))], axis=1
+        )
+        keep = np.argsort(-scores, axis=1, kind="stable")[:, :RECALL_TOP_IMAGES]
+        self.scores = np.take_along_axis(scores, keep, axis=1)
+        self.listings = np.take_along_axis(listings, keep, axis=1)
+
+    def top_listings(self, k: int) -> list[list[bytes]]:
+        """Under ``max`` a listing ranks by its best image: the first k listings met."""
+        return [list(dict.fromkeys(bytes(x).ljust(16, b"\0") for x in row))[:k] for row in self.listings]
+
+
+def _scan(store: Store, model: ModelInfo, dtype: np.dtype[Any], progress: bool) -> Iterator[_Rows]:
+    """The store's rows of ``model`` in scan order, vectors in the index's dtype."""
+    with Progress(disable=not progress, transient=True) as bar:
+        task = bar.add_task(f"encoding {model.name} vectors", total=None)
+        for batch in store.scan_features(model):
+            yield _Rows(batch.listing_ids, batch.image_ids, kernel.narrow(batch.vectors, dtype))
+            bar.advance(task, len(batch))
+
+
+def build_compact(
+    store: Store, model: ModelInfo, settings: SearchSettings, *, progress: bool = False
+) -> CompactIndex:
+    """A compact index over every stored vector of ``model`` from one streamed scan of the
+    store: the first ``compact_train_rows`` rows (whole listings; listing ids are random, so
+    a random sample of listings) train PCA and the IVF, then every batch is encoded and
+    dropped. Recall@10 against exact is measured on queries made from sampled rows (their
+    exact best images found during the same scan) and logged."""
+    dtype = numpy_dtype(settings.dtype)
+    scan = _scan(store, model, dtype, progress)
+    sample: list[_Rows] = []
+    for rows in scan:
+        sample.append(rows)
+        if sum(len(r) for r in sample) >= settings.compact_train_rows:
+            break
+    if not sample or not len(sample[0]):
+        raise ValueError(
+            f"no vectors of model {model.name} in the store: nothing to build a compact index on"
+        )
+    train = np.concatenate([r.vectors for r in sample])[: settings.compact_train_rows]
+    nlist = nlist_for(store.count_features(model), len(train), settings.compact_nlist)
+    codes = Codes.train(train, min(settings.compact_dims, model.dim), nlist)
+    queries = _sample_queries(train, settings.compact_recall_queries)
+    del train
+    exact = _ExactTop(queries)
+    listing_ids, image_ids = [], []
+    for rows in _chain(sample, scan):
+        exact.feed(rows)
+        codes.add(rows.vectors)
+        listing_ids.append(rows.listing_ids)
+        image_ids.append(rows.image_ids)
+    index = CompactIndex(
+        store, model, settings, codes, np.concatenate(listing_ids), np.concatenate(image_ids)
+    )
+    log.info(
+        "compact index: %d vectors of %s, %d dims, %d lists, %.0f bytes an image",
+        len(index),
+        model.name,
+        codes.dims,
+        nlist,
+        index.nbytes / max(1, len(index)),
+    )
+    if len(queries):
+        index.recall_at_10 = index.measure_recall(queries, exact.top_listings(10))
+        log.info("compact index: recall@10 %.3f on %d sampled queries", index.recall_at_10, len(queries))
+    return index
+
+
+def _chain(first: list[_Rows], rest: Iterator[_Rows]) -> Iterator[_Rows]:
+    while first:
+        yield first.pop(0)  # the sample is let go as it is encoded
+    yield from rest
+
+
+def _sample_queries(vectors: kernel.Vectors, n: int) -> F32:
+    """Stored vectors with noise added: queries that look like the catalogue."""
+    rng = np.random.default_rng(0)
+    picked = kernel.widen(vectors[rng.choice(len(vectors), size=min(n, len(vectors)), replace=False)])
+    noisy = picked + rng.normal(scale=0.5 / np.sqrt(vectors.shape[1]), size=picked.shape)
+    return l2_normalise(noisy)
