@@ -6,6 +6,12 @@ image bytes, or a reference URI (``file://``, ``http(s)://``) with content type
 ``lookalike.stock``: key = listing_id; value = JSON ``{"listing_id", "inventory", "etag"}``.
 ``lookalike.images.dlq``: the original message, plus ``error`` and ``error_stage`` headers.
 
+Re-embedding (``lookalike reembed --model NAME``) produces references to the kept pixels on
+the model's own topic, ``lookalike.images.<NAME>`` (:func:`model_topic`), with a ``model``
+header naming the target model; only workers that loaded that model subscribe to it, and a
+worker refuses (dead-letters) a message whose ``model`` header names another model. Messages
+without the header (every fresh upload) are for whichever model the consuming worker serves.
+
 A removal travels on ``lookalike.images`` too, so it is ordered with the listing's uploads (same
 key, same partition): header ``op: delete``, an empty value, ``image_id`` for one image or no
 ``image_id`` for the whole listing. Workers apply it to the store in stream order; index
@@ -38,8 +44,9 @@ class ImageMessage:
     image_id: uuid.UUID
     listing_name: str
     content_type: str  # image/jpeg, image/png, ... or text/uri-list for a reference
-    source: str  # where it came from (a file URI, an upload), kept as images.uri
+    source: str  # where it came from (a file URI, an upload); images.uri is where its pixels are kept
     payload: bytes
+    model: str = ""  # the model this message is for (re-embedding); empty: any worker's
 
     @property
     def is_reference(self) -> bool:
@@ -56,6 +63,7 @@ class ImageMessage:
             ("listing_name", self.listing_name.encode()),
             ("content_type", self.content_type.encode()),
             ("source", self.source.encode()),
+            *([("model", self.model.encode())] if self.model else []),
         ]
 
     @staticmethod
@@ -71,7 +79,13 @@ class ImageMessage:
         if not value:
             raise MessageError("empty message value")
         return ImageMessage(
-            listing, image, h.get("listing_name", ""), h["content_type"], h.get("source", ""), value
+            listing,
+            image,
+            h.get("listing_name", ""),
+            h["content_type"],
+            h.get("source", ""),
+            value,
+            h.get("model", ""),
         )
 
 
@@ -110,6 +124,11 @@ def parse_image_topic(headers: RawHeaders, value: bytes | None) -> ImageMessage 
     except ValueError as exc:
         raise MessageError(f"bad id header: {exc}") from None
     return DeleteMessage(listing, image)
+
+
+def model_topic(images_topic: str, model: str) -> str:
+    """The topic that carries re-embedding work for one model: ``lookalike.images.<model>``."""
+    return f"{images_topic}.{model}"
 
 
 def _text_headers(headers: RawHeaders) -> dict[str, str]:

@@ -8,10 +8,10 @@ function options() {
            in_stock_only: $("in-stock").checked };
 }
 
-async function run(request, label) {
+async function run(path, request, label) {
   statusLine.textContent = `Searching ${label}…`;
   const started = performance.now();
-  const response = await fetch("/v1/search", request);
+  const response = await fetch(path, withKey(request));
   const body = await response.json();
   if (!response.ok) {
     statusLine.textContent = `Error ${response.status}: ${JSON.stringify(body.detail)}`;
@@ -27,12 +27,12 @@ function searchFile(f) {
   const form = new FormData();
   form.append("image", f);
   for (const [k, v] of Object.entries(options())) form.append(k, String(v));
-  run({ method: "POST", body: form }, f.name);
+  run("/v1/search/image", { method: "POST", body: form }, f.name);
 }
 
 function searchImage(imageId) {
   $("preview").src = `/v1/images/${imageId}/content`;
-  run({ method: "POST", headers: { "content-type": "application/json" },
+  run("/v1/search", { method: "POST", headers: { "content-type": "application/json" },
         body: JSON.stringify({ image_id: imageId, ...options() }) }, "from a result");
 }
 
@@ -51,10 +51,12 @@ function thumb(match, cls) {
   img.title = `score ${match.score.toFixed(3)}: click to search from this image`;
   img.className = cls;
   img.addEventListener("click", () => searchImage(match.image_id));
+  img.addEventListener("error", () => { img.src = NO_PREVIEW; }, { once: true });
   return img;
 }
 
 function render(listings) {
+  rememberListings(listings);
   results.replaceChildren(...listings.map((r, i) => {
     const card = document.createElement("article");
     card.className = "card";
@@ -75,6 +77,7 @@ function render(listings) {
   }));
 }
 
+$("preview").addEventListener("error", () => $("preview").removeAttribute("src"));
 file.addEventListener("change", () => file.files[0] && searchFile(file.files[0]));
 drop.addEventListener("dragover", (e) => { e.preventDefault(); drop.classList.add("over"); });
 drop.addEventListener("dragleave", () => drop.classList.remove("over"));
@@ -82,3 +85,138 @@ drop.addEventListener("drop", (e) => {
   e.preventDefault(); drop.classList.remove("over");
   if (e.dataTransfer.files[0]) searchFile(e.dataTransfer.files[0]);
 });
+
+// ---- Add a photo to a listing: POST /v1/images (needs an API key), then wait until the ----
+// ---- index has it and show the listing. The key is never part of the page: it is typed ----
+// ---- in, or handed over in the link's #key=... fragment (which no request carries), and ----
+// ---- kept in this tab's sessionStorage only.                                            ----
+const KEY_STORAGE = "lookalike.apiKey";
+const SEARCHABLE_TIMEOUT_MS = 120_000;
+// Shown where an image's pixels cannot be served (yet): uploads' thumbnails may be missing.
+const NO_PREVIEW = "data:image/svg+xml," + encodeURIComponent(
+  '<svg xmlns="http://www.w3.org/2000/svg" width="96" height="96"><rect width="96" height="96" ' +
+  'fill="#eceef2"/><text x="48" y="52" font-size="11" text-anchor="middle" fill="#5b6475">' +
+  'no preview</text></svg>');
+
+function apiKey() { return sessionStorage.getItem(KEY_STORAGE) || ""; }
+
+function withKey(request) {
+  const key = apiKey();
+  return key ? { ...request, headers: { ...(request.headers || {}), "X-API-Key": key } } : request;
+}
+
+function takeKeyFromLink() {
+  const found = location.hash.match(/(?:^#|&)key=([^&]+)/);
+  if (!found) return;
+  sessionStorage.setItem(KEY_STORAGE, decodeURIComponent(found[1]));
+  history.replaceState(null, "", location.pathname + location.search);  // out of the address bar
+}
+
+function addStatus(text) { $("add-status").textContent = text; }
+
+function detail(body) {
+  return typeof body.detail === "string" ? body.detail : JSON.stringify(body.detail);
+}
+
+function rememberListings(listings) {
+  const names = $("listing-names");
+  const known = new Set([...names.options].map((o) => o.value));
+  for (const r of listings) {
+    if (r.listing_name && !known.has(r.listing_name)) {
+      known.add(r.listing_name);
+      names.append(new Option(r.listing_name));
+    }
+  }
+}
+
+async function addPhoto(event) {
+  event.preventDefault();
+  const f = $("add-file").files[0], listing = $("add-listing").value.trim(), key = $("add-key").value.trim();
+  if (!f || !listing) { addStatus("Choose a photo and name a listing."); return; }
+  if (!key) { addStatus("Enter the API key that `lookalike demo` printed."); return; }
+  sessionStorage.setItem(KEY_STORAGE, key);
+  const form = new FormData();
+  form.append("image", f);
+  form.append("listing", listing);
+  $("add-submit").disabled = true;
+  const started = performance.now();
+  try {
+    addStatus(`Uploading ${f.name}…`);
+    const response = await fetch("/v1/images", { method: "POST", headers: { "X-API-Key": key }, body: form });
+    const body = await response.json().catch(() => ({ detail: response.statusText }));
+    if (!response.ok) {
+      if (response.status === 401 || response.status === 403) sessionStorage.removeItem(KEY_STORAGE);
+      addStatus(`Not added (${response.status}): ${detail(body)}`);
+      return;
+    }
+    const searchable = await waitSearchable(body.image_id, started);
+    if (!searchable) {
+      addStatus(`Queued, but not searchable after ${SEARCHABLE_TIMEOUT_MS / 1000} s: is an extract worker running?`);
+      return;
+    }
+    const seconds = ((performance.now() - started) / 1000).toFixed(1);
+    addStatus(`Added to “${listing}”: searchable ${seconds} s after the upload.`);
+    const local = URL.createObjectURL(f);
+    await showAdded(body.listing_id, body.image_id, local);
+    searchImage(body.image_id);  // listings like it (its own listing left out)
+    $("preview").src = local;
+  } catch (error) {
+    addStatus(`Not added: ${error}`);
+  } finally {
+    $("add-submit").disabled = false;
+  }
+}
+
+// Searchable once a search from the image answers (404 until the index holds its vector).
+async function waitSearchable(imageId, started) {
+  const request = { method: "POST", headers: { "content-type": "application/json" },
+                    body: JSON.stringify({ image_id: imageId, k: 1 }) };
+  while (performance.now() - started < SEARCHABLE_TIMEOUT_MS) {
+    const response = await fetch("/v1/search", withKey(request));
+    if (response.ok) return true;
+    if (response.status !== 404) throw new Error(`search answered ${response.status}`);
+    addStatus(`Queued; extracting… ${((performance.now() - started) / 1000).toFixed(1)} s`);
+    await new Promise((resolve) => setTimeout(resolve, 250));
+  }
+  return false;
+}
+
+async function showAdded(listingId, imageId, localUrl) {
+  const response = await fetch(`/v1/listings/${listingId}`, withKey({}));
+  if (!response.ok) return;
+  const listing = await response.json();
+  const card = document.createElement("article");
+  card.className = "card added";
+  card.dataset.listingId = listingId;
+  const body = document.createElement("div");
+  body.className = "body";
+  const title = document.createElement("h2");
+  const n = listing.images.length;
+  title.textContent = `${listing.listing_name} (${n} photo${n === 1 ? "" : "s"})`;
+  const thumbs = document.createElement("div");
+  thumbs.className = "thumbs";
+  thumbs.append(...listing.images.map((i) => {
+    const img = document.createElement("img");
+    const isNew = i.image_id === imageId;
+    img.src = `${i.thumbnail}?size=96`;
+    img.alt = isNew ? "the photo just added" : `image ${i.image_id.slice(0, 8)}`;
+    img.className = isNew ? "new" : "";
+    img.dataset.imageId = i.image_id;
+    // The server may not keep uploads' pixels yet: the new photo falls back to the local file.
+    img.addEventListener("error", () => { img.src = isNew ? localUrl : NO_PREVIEW; }, { once: true });
+    img.addEventListener("click", () => searchImage(i.image_id));
+    return img;
+  }));
+  body.append(title, badge(listing.inventory), thumbs);
+  card.append(body);
+  $("added").replaceChildren(card);
+}
+
+function initAddPhoto() {
+  takeKeyFromLink();
+  $("add-key").value = apiKey();
+  if (apiKey()) $("add").open = true;
+  $("add-form").addEventListener("submit", addPhoto);
+}
+
+initAddPhoto();

@@ -13,8 +13,9 @@ import pytest
 import uvicorn
 
 from api.app import create_app
-from ingest.broker import free_port
-from lookalike.settings import ApiSettings
+from api.deps import Components
+from config.settings import ApiSettings
+from messaging.broker import free_port
 from tests.conftest import jpeg_bytes
 from tests.integration.test_api import seeded_service
 
@@ -35,7 +36,7 @@ CHROMIUM_ARGS = [
 @pytest.fixture
 def server(sqlite_store, tmp_path: Path) -> Iterator[str]:  # type: ignore[no-untyped-def]
     settings = ApiSettings(port=free_port())
-    app = create_app(seeded_service(sqlite_store, tmp_path), settings)
+    app = create_app(settings, Components(seeded_service(sqlite_store, tmp_path)))
     srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=settings.port, log_level="warning"))
     thread = threading.Thread(target=srv.run, daemon=True)
     thread.start()
