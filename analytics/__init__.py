@@ -1,0 +1,1 @@
+"""Catalogue analytics: clusters, outliers, listing misfits and near-duplicates."""

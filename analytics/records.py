@@ -1,0 +1,46 @@
+"""The records of a catalogue analysis. They live in ``schemas.analytics`` (the ground floor), so the
+store can read and write them; import them from here or from there."""
+
+from schemas.analytics import (
+    NO_GROUP,
+    RUN_STATUSES,
+    SCORE_KINDS,
+    AnalysisResult,
+    Assignment,
+    ClusterInfo,
+    DuplicateGroup,
+    ImageAnalysis,
+    ImageColumns,
+    Neighbour,
+    RunInfo,
+    RunStatus,
+    ScoredImage,
+    ScoreKind,
+    Thresholds,
+    clusters_json,
+    duplicates_json,
+    quantile_rank,
+    scored_json,
+)
+
+__all__ = [
+    "NO_GROUP",
+    "RUN_STATUSES",
+    "SCORE_KINDS",
+    "AnalysisResult",
+    "Assignment",
+    "ClusterInfo",
+    "DuplicateGroup",
+    "ImageAnalysis",
+    "ImageColumns",
+    "Neighbour",
+    "RunInfo",
+    "RunStatus",
+    "ScoreKind",
+    "ScoredImage",
+    "Thresholds",
+    "clusters_json",
+    "duplicates_json",
+    "quantile_rank",
+    "scored_json",
+]
