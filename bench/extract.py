@@ -35,7 +35,7 @@ import tempfile
 import threading
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +43,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from config.settings import ExtractSettings, KafkaSettings, ModelSettings
+from config.settings import BlobSettings, ExtractSettings, KafkaSettings, ModelSettings, Settings
 from extract.metrics import STAGES, ExtractMetrics
 from extract.model import FeatureModel, load_model
 from extract.preprocess import stack_uint8
@@ -117,11 +117,17 @@ class BenchWorker:
         self.store = open_store(f"sqlite:///{tmp / f'{tag}.db'}")
         self.store.apply_schema()
         self.metrics, self._stop = ExtractMetrics(), threading.Event()
-        settings = ModelSettings(name=model.info.name, batch_size=batch)  # type: ignore[arg-type]
+        settings = replace(
+            Settings.from_env(),
+            kafka=self.kafka,
+            model=ModelSettings(name=model.info.name, batch_size=batch),  # type: ignore[arg-type]
+            extract=ExtractSettings(metrics_port=0),
+            blobs=BlobSettings(url=(tmp / f"blobs-{tag}").as_uri()),
+        )
         self._thread = threading.Thread(
-            target=stack.run_extract,
-            args=(self.store, model, self.kafka, settings),
-            kwargs={"stop": self._stop, "extract": ExtractSettings(metrics_port=0), "metrics": self.metrics},
+            target=lambda: stack.run_extract(
+                self.store, model, settings, stop=self._stop, metrics=self.metrics
+            ),
             daemon=True,
         )
         self._thread.start()
