@@ -43,6 +43,7 @@ def fit_pca(sample: npt.NDArray[np.floating], out_dim: int, seed: int = 0, power
         q = _orthonormal(xc @ _orthonormal(xc.T @ q))
     b = q.T @ xc  # (width, dim)
     _, _, vt = np.linalg.svd(b, full_matrices=False)
+    out_dim = min(out_dim, len(vt))  # a centred sample of n rows spans at most n - 1 directions
     comps = vt[:out_dim].T.astype(np.float32)
     # a fixed sign per component (largest entry positive), so runs and engines agree
     signs = np.sign(comps[np.argmax(np.abs(comps), axis=0), np.arange(out_dim)])

@@ -33,7 +33,7 @@ def _store_and_run(ctx: typer.Context, run_id: str | None, model: str | None):  
         if run is None or run.status != "complete":
             fail(f"no complete analytics run {run_id} (see `lookalike analyze`)")
     else:
-        name = model or settings.model.name
+        name = model or stack.model_name(settings)
         run = target.current_run(name)
         if run is None:
             fail(f"no analytics run of model {name!r} yet: run `lookalike analyze` first")
@@ -63,7 +63,7 @@ def analyze(
     if engine not in ("local", "spark"):
         fail(f"--engine must be local or spark, got {engine!r}")
     store = stack.configured_store(settings)
-    name = model or settings.model.name
+    name = model or stack.model_name(settings)
     try:
         if engine == "spark":
             result = run_spark(store, name, analytics, settings.spark, progress=not as_json)

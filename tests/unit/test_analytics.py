@@ -163,3 +163,15 @@ def test_cluster_blocks_are_exact_with_every_cluster_probed() -> None:
     two = build_graph(v, v, 10, "clusters", labels=labels, centroids=centroids, probes=2)
     assert two.method == "clusters(probes=2)" and measure_recall(v, two, 300) >= 0.95
     assert d.probe_clusters(centroids, 3)[:, 0].tolist() == list(range(6))  # itself first
+
+
+def test_pca_of_fewer_rows_than_asked_keeps_the_directions_the_sample_spans() -> None:
+    """A small catalogue (the demo's 89 images) asks PCA for as many directions as it has rows;
+    a centred sample spans one fewer, and the fit must not fail on it."""
+    from analytics.pca import fit_pca
+
+    x = np.random.default_rng(3).standard_normal((12, 40)).astype(np.float32)
+    pca = fit_pca(x, 12)
+    assert pca.out_dim == 11
+    reduced = pca.apply(x)
+    assert reduced.shape == (12, 11) and np.isfinite(reduced).all()
