@@ -4,9 +4,32 @@ const $ = (id) => document.getElementById(id);
 const drop = $("drop"), file = $("file"), statusLine = $("status"), results = $("results");
 
 function options() {
-  return { k: Number($("k").value) || 10, aggregation: $("aggregation").value,
-           in_stock_only: $("in-stock").checked };
+  const opts = { k: Number($("k").value) || 10, aggregation: $("aggregation").value,
+                 in_stock_only: $("in-stock").checked };
+  if ($("model").value) opts.model = $("model").value;
+  return opts;
 }
+
+// The models the store holds, with their coverage; the served one is chosen. Another model is
+// listed (so a re-embed's progress shows) and the API explains why it cannot search it here.
+async function loadModels() {
+  const select = $("model");
+  try {
+    const response = await fetch("/v1/models");
+    if (!response.ok) return;
+    const models = await response.json();
+    select.replaceChildren(...models.map((m) => {
+      const o = document.createElement("option");
+      o.value = m.name;
+      o.textContent = `${m.name} (${m.dim}-d, ${Math.round(m.coverage * 100)}%)${m.served ? "" : " – not served"}`;
+      o.selected = m.served;
+      return o;
+    }));
+  } catch (e) {
+    select.replaceChildren();  // models unknown: searches use the served one
+  }
+}
+loadModels();
 
 async function run(path, request, label) {
   statusLine.textContent = `Searching ${label}…`;

@@ -61,6 +61,10 @@ def test_upload_then_click_through(server: str, tmp_path: Path) -> None:
         try:
             page = browser.new_page(viewport={"width": 1200, "height": 800})
             page.goto(server)
+            # the model selector lists the store's models and picks the one this API serves
+            page.wait_for_selector("#model option", state="attached", timeout=30_000)
+            assert page.locator("#model").input_value() == "vgg16_fc7"
+            assert "100%" in page.locator("#model option").first.inner_text()
             page.set_input_files("#file", str(photo))
             page.wait_for_selector(".card", timeout=60_000)
             titles = page.locator(".card h2").all_inner_texts()
