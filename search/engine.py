@@ -74,11 +74,7 @@ class VectorIndex:
     # -- changes --------------------------------------------------------------------------
     def add(self, batch: FeatureBatch) -> None:
         """Add or replace vectors (an image id already present is replaced)."""
-        if batch.vectors.ndim != 2 or batch.vectors.shape[1] != self.model.dim:
-            raise ValueError(
-                f"vectors must be (n, {self.model.dim}) for model {self.model.name}, "
-                f"got {batch.vectors.shape}"
-            )
+        scoring.check_batch(batch.vectors, self.model)
         if len(batch) == 0:
             return
         with self._lock:

@@ -13,7 +13,7 @@ from typing import Literal
 import numpy as np
 import numpy.typing as npt
 
-from schemas.records import as_uuid
+from schemas.records import ModelInfo, as_uuid
 
 Aggregation = Literal["max", "mean_top_n", "count_above"]
 AGGREGATIONS: tuple[str, ...] = ("max", "mean_top_n", "count_above")
@@ -50,6 +50,12 @@ def as_queries(queries: npt.NDArray[np.floating], dim: int) -> F32:
         got = q.shape[-1] if q.ndim else 0
         raise ValueError(f"query vector must have {dim} values, got {got}")
     return q
+
+
+def check_batch(vectors: npt.NDArray[np.floating], model: ModelInfo) -> None:
+    """Vectors added to an index (either tier) must be (n, the model's dim)."""
+    if vectors.ndim != 2 or vectors.shape[1] != model.dim:
+        raise ValueError(f"vectors must be (n, {model.dim}) for model {model.name}, got {vectors.shape}")
 
 
 def group_starts(listing_ids: npt.NDArray[np.bytes_]) -> I64:

@@ -7,11 +7,9 @@ Screenshots and the figures go to tests/artifacts/."""
 from __future__ import annotations
 
 import json
-import shutil
 import threading
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -22,20 +20,10 @@ from api.deps import Components
 from config.settings import ApiSettings
 from messaging.broker import free_port
 from store.sqlite import SQLiteStore
+from tests.e2e.browser import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS
 from tests.integration.analytics_seed import Seeded, seed_store, service
 
 pytestmark = pytest.mark.e2e
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 needs_chromium = pytest.mark.skipif(CHROMIUM is None, reason="chromium not installed (make browser)")
 
 
