@@ -109,16 +109,20 @@ class SQLiteStore(SQLiteAnalytics):
     def apply_schema(self, migrations: Sequence[Migration] | None = None) -> list[str]:
         """Apply the numbered CQL files not applied yet (``schemas/cql`` unless given), each
         translated for SQLite and applied in one transaction with its version row: a failed
-        migration leaves nothing half-applied."""
+        migration leaves nothing half-applied. Processes that open one file at once (``extract
+        --workers 2``) take turns: each migration starts with the write lock (``BEGIN
+        IMMEDIATE``) and is skipped if another process recorded it meanwhile."""
         applied = []
         with self._write() as db:
             db.execute(VERSIONS_DDL)
-            done = {row[0] for row in db.execute("SELECT version FROM schema_versions")}
         for migration in load_migrations() if migrations is None else migrations:
-            if migration.version in done:
-                continue
             statements = [sql for cql in migration.statements for sql in translate(cql)]
             with self._write() as db:
+                db.execute("BEGIN IMMEDIATE")
+                if db.execute(
+                    "SELECT 1 FROM schema_versions WHERE version = ?", (migration.version,)
+                ).fetchone():
+                    continue
                 for sql in statements:
                     db.execute(sql)
                 db.execute("INSERT INTO schema_versions VALUES (?, ?)", (migration.version, _now()))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import sqlite3
+import threading
 from pathlib import Path
 
 import pytest
@@ -50,3 +51,31 @@ def test_a_new_numbered_file_reaches_the_backend(any_store: Store, tmp_path: Pat
     assert _has(any_store, "listings", "probe_note")
     assert any_store.apply_schema(load_migrations(folder)) == []  # applied once
     assert [v for v, _ in any_store.applied_versions()][-1] == f"{last + 1:03d}"
+
+
+def test_processes_opening_one_new_file_at_once_each_migrate_it_once(tmp_path: Path) -> None:
+    """``extract --workers 2`` opens one fresh SQLite file from two processes: each migration
+    must be applied by exactly one of them, and neither may fail on the other's version row."""
+    url = f"sqlite:///{tmp_path / 'fresh.db'}"
+    stores = [SQLiteStore(url) for _ in range(4)]  # a connection each: SQLite's own locking
+    start = threading.Barrier(len(stores))
+    applied: list[list[str]] = [[] for _ in stores]
+    errors: list[BaseException] = []
+
+    def migrate(i: int) -> None:
+        start.wait()
+        try:
+            applied[i] = stores[i].apply_schema()
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=migrate, args=(i,)) for i in range(len(stores))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    assert errors == []
+    versions = [m.version for m in load_migrations()]
+    assert sorted(v for done in applied for v in done) == versions  # each one, once
+    assert [v for v, _ in stores[0].applied_versions()] == versions
