@@ -11,11 +11,12 @@ import numpy as np
 import numpy.typing as npt
 from fastapi import APIRouter, Depends, Form, HTTPException, Query, Request, UploadFile
 from fastapi.concurrency import run_in_threadpool
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, PlainSerializer
 
 from api.deps import Queue, Searcher, Settings, StoreDep, read_access
 from api.routers.models import require_served
 from extract.decode import DecodeError
+from schemas.records import QueryAnswer
 from search.scoring import MAX_K, Aggregation, ScoreOptions
 from search.service import Query as SearchQuery
 from search.service import SearchService
@@ -61,15 +62,22 @@ class SearchJson(SearchOptions):
     vector: list[float] | None = Field(default=None, min_length=1, max_length=MAX_DIM)
 
 
+# Scores are float32 underneath: six decimals say all they know.
+Score = Annotated[float, PlainSerializer(lambda v: round(v, 6), return_type=float)]
+
+
 class ImageMatchOut(BaseModel):
     image_id: uuid.UUID
-    score: float
+    score: Score
 
 
 class ListingOut(BaseModel):
+    """One ranked listing: the HTTP face of ``schemas.records.ListingResult``, which the
+    routes return as it is (FastAPI validates it into these models once, on the way out)."""
+
     listing_id: uuid.UUID
     listing_name: str
-    score: float
+    score: Score
     inventory: int | None
     images: list[ImageMatchOut]
 
@@ -86,7 +94,7 @@ def _within_upload_limit(request: Request, settings: Settings) -> None:
         raise HTTPException(413, f"the request is over the upload limit of {settings.max_upload_bytes} bytes")
 
 
-async def _answer(searcher: SearchService, query: SearchQuery, opts: SearchOptions) -> dict[str, object]:
+async def _answer(searcher: SearchService, query: SearchQuery, opts: SearchOptions) -> QueryAnswer:
     await run_in_threadpool(require_served, searcher.store, searcher.index.model.name, opts.model)
     try:
         answer = await run_in_threadpool(searcher.search, query, opts.score_options(), opts.in_stock_only)
@@ -94,11 +102,11 @@ async def _answer(searcher: SearchService, query: SearchQuery, opts: SearchOptio
         raise HTTPException(422, f"the upload is not a usable image: {exc}") from None
     except ValueError as exc:  # e.g. a vector of the wrong dimension
         raise HTTPException(422, str(exc)) from None
-    return answer.as_json()
+    return answer
 
 
 @router.post("/search", response_model=AnswerOut)
-async def search(body: SearchJson, searcher: Searcher) -> dict[str, object]:
+async def search(body: SearchJson, searcher: Searcher) -> QueryAnswer:
     """Listings that look like an indexed image, a listing (its images combined) or a raw
     vector, best first, with stock and the matched images. To search with a photo, post it to
     ``/v1/search/image``."""
@@ -116,7 +124,7 @@ async def search_image(
     searcher: Searcher,
     queue: Queue,
     settings: Settings,
-) -> dict[str, object]:
+) -> QueryAnswer:
     """Listings that look like an uploaded photo, best first (the CNN embeds it; at most
     ``LOOKALIKE_API_MODEL_CONCURRENCY`` at once, then a bounded queue, then 503)."""
     data = await form.image.read(settings.max_upload_bytes + 1)
@@ -140,9 +148,9 @@ def _finite_vector(values: list[float]) -> npt.NDArray[np.float32]:
 @router.get("/search/{query_id}", response_model=AnswerOut)
 async def read_back(
     query_id: uuid.UUID, store: StoreDep, k: Annotated[int | None, Query(ge=1, le=MAX_K)] = None
-) -> dict[str, object]:
+) -> QueryAnswer:
     """A stored answer, best first (expires after the results' TTL)."""
     rows = await run_in_threadpool(store.read_query_results, query_id, k)
     if not rows:
         raise HTTPException(404, f"no stored results for query {query_id} (unknown or expired)")
-    return answer_from_rows(query_id, rows).as_json()
+    return answer_from_rows(query_id, rows)

@@ -58,9 +58,12 @@ def test_upload_finds_its_listing_and_reads_back(client: TestClient) -> None:
     body = r.json()
     assert body["results"][0]["listing_name"] == "listing-2" and len(body["results"]) == 3
     assert body["results"][0]["inventory"] == 2
+    scores = [x["score"] for x in body["results"]] + [m["score"] for m in body["results"][0]["images"]]
+    assert all(s == round(s, 6) for s in scores)  # float32 scores, not float64 noise
     back = client.get(f"/v1/search/{body['query_id']}")
     assert back.status_code == 200
     assert [x["listing_id"] for x in back.json()["results"]] == [x["listing_id"] for x in body["results"]]
+    assert [x["score"] for x in back.json()["results"]] == [x["score"] for x in body["results"]]
 
 
 def test_search_by_ids_leaves_out_the_own_listing(client: TestClient) -> None:
