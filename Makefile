@@ -33,7 +33,7 @@ lint: $(STAMP)
 	$(BIN)/lint-imports
 
 typecheck: $(STAMP)
-	$(BIN)/mypy && $(BIN)/mypy notebooks
+	$(BIN)/mypy && $(BIN)/mypy notebooks && $(BIN)/mypy tests bench
 
 check: lint typecheck test
 

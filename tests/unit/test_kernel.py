@@ -15,7 +15,9 @@ SHAPES = [(1, 1, 1), (3, 5, 1), (37, 100, 1), (101, 4096, 3), (9, 17, 9), (64, 1
 def bound(x: np.ndarray, q: np.ndarray) -> np.ndarray:
     """How far a float32 sum of dim products may be from the exact one (sum |x_i q_i| * dim u)."""
     dim = x.shape[1]
-    return np.abs(x.astype(np.float64)) @ np.abs(q.astype(np.float64)).T * (dim + 4) * 2.0**-24
+    worst: np.ndarray = np.abs(x.astype(np.float64)) @ np.abs(q.astype(np.float64)).T
+    worst *= (dim + 4) * 2.0**-24
+    return worst
 
 
 @pytest.mark.parametrize("isa", PATHS)
@@ -26,7 +28,7 @@ def test_scan_matches_float64_oracle(
     isa: kernel.Isa, threads: int, dtype: type, rows: int, dim: int, queries: int
 ) -> None:
     rng = np.random.default_rng(rows * 1000 + dim)
-    x = rng.standard_normal((rows, dim)).astype(dtype)
+    x: np.ndarray = rng.standard_normal((rows, dim)).astype(dtype)
     q = rng.standard_normal((queries, dim)).astype(np.float32)
     got = kernel.score(x, q, threads=threads, isa=isa)
     want = x.astype(np.float64) @ q.astype(np.float64).T
@@ -81,7 +83,7 @@ def test_empty_inputs_and_bad_shapes() -> None:
     with pytest.raises(ValueError, match=r"queries must be \(n, 8\)"):
         kernel.score(np.ones((3, 8), np.float16), np.ones((1, 7), np.float32))
     with pytest.raises(ValueError, match="float16 or float32"):
-        kernel.score(np.ones((3, 8), np.float64), np.ones((1, 8), np.float32))
+        kernel.score(np.ones((3, 8), np.float64), np.ones((1, 8), np.float32))  # type: ignore[arg-type]
 
 
 def test_non_contiguous_and_read_only_inputs() -> None:
