@@ -53,13 +53,19 @@ class KafkaSettings(BaseSettings):
     alerts_topic: str = "lookalike.alerts"  # images scored on arrival: duplicates, outliers (moderation)
     partitions: int = Field(default=4, ge=1)  # for topics Lookalike creates
     replication: int = Field(default=1, ge=1)
-    group: str = "lookalike-extract"
+    group: str = "lookalike-extract"  # prefix: each model's workers are group ``<group>.<model>``
     stock_group: str = "lookalike-stock"
     security_protocol: str = ""  # e.g. SASL_SSL
     sasl_mechanism: str = ""
     sasl_username: str = ""
     sasl_password: SecretStr = SecretStr("")
     max_message_bytes: int = Field(default=1_000_000, ge=1024)
+
+    def extract_group(self, model: str) -> str:
+        """The consumer group of one model's extract workers. Workers of two models must not
+        share a group: they would split the images topic, and each fresh upload would be
+        embedded by one model only."""
+        return f"{self.group}.{model}"
 
     def client_config(self) -> KafkaConfig:
         """librdkafka options shared by producers, consumers and the admin client."""

@@ -223,8 +223,8 @@ def reembed_command(
     console.print(f"coverage of {info.name}: {cov.vectors}/{cov.images} ({cov.coverage:.1%})")
     if not cov.complete and not wait:
         console.print(
-            f"workers of {info.name}, in a consumer group of their own, embed them:\n  LOOKALIKE_MODEL_NAME="
-            f"{info.name} LOOKALIKE_KAFKA_GROUP={kafka.group}.{info.name} lookalike extract"
+            f"workers of {info.name} (consumer group {kafka.extract_group(info.name)}) embed them:\n"
+            f"  LOOKALIKE_MODEL_NAME={info.name} lookalike extract"
         )
 
 

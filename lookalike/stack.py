@@ -177,7 +177,7 @@ def run_extract(
     try:
         loop = ConsumerLoop(
             conf,
-            kafka.group,
+            kafka.extract_group(model.info.name),
             topics,
             pipeline,
             batch_size=model_settings.batch_size or default_batch_size(model),

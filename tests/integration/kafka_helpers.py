@@ -40,9 +40,9 @@ def partitions(kafka: KafkaSettings) -> list[TopicPartition]:
     return [TopicPartition(kafka.images_topic, p) for p in range(kafka.partitions)]
 
 
-def committed(kafka: KafkaSettings) -> dict[int, int]:
-    """The group's committed offset per partition (0 where none)."""
-    c = Consumer({"bootstrap.servers": kafka.bootstrap, "group.id": kafka.group})
+def committed(kafka: KafkaSettings, model: str = "vgg16_fc7") -> dict[int, int]:
+    """The committed offset per partition (0 where none) of one model's extract workers."""
+    c = Consumer({"bootstrap.servers": kafka.bootstrap, "group.id": kafka.extract_group(model)})
     try:
         return {tp.partition: max(tp.offset, 0) for tp in c.committed(partitions(kafka), timeout=10)}
     finally:

@@ -62,17 +62,27 @@ def test_reembed_backfills_a_second_model_from_kept_pixels(
     # The first model's workers never see the backfill (it is on the second model's topic).
     stack.run_extract(sqlite_store, first, settings, drain=True)
     assert sqlite_store.count_features(second.info) == 0
-    # The second model's workers, in a group of their own, embed it from the kept pixels.
-    second_settings = replace(settings, kafka=kafka.model_copy(update={"group": f"g-{unique}.resnet50_pool"}))
-    stack.run_extract(sqlite_store, second, second_settings, drain=True)
+    # The second model's workers (the same settings: a group of their own) embed it from the
+    # kept pixels, and every upload that arrives from now on too.
+    stack.run_extract(sqlite_store, second, settings, drain=True)
     coverage = {m.info.name: (m.vectors, m.coverage) for m in list_models(sqlite_store)}
     assert coverage == {"resnet50_pool": (IMAGES, 1.0), "vgg16_fc7": (IMAGES, 1.0)}
     assert sqlite_store.count("images") == IMAGES  # the same images, now with two vectors each
+    fresh = ImageMessage(uuid.uuid4(), uuid.uuid4(), "fresh", "image/jpeg", "upload", jpeg_bytes(99))
+    with KafkaProducer(kafka.client_config(), kafka.max_message_bytes) as producer:
+        producer.send(kafka.images_topic, fresh.key(), fresh.payload, fresh.headers())
+    for model in (first, second):
+        stack.run_extract(sqlite_store, model, settings, drain=True)
+    assert {m.info.name: m.coverage for m in list_models(sqlite_store)} == {
+        "resnet50_pool": 1.0,
+        "vgg16_fc7": 1.0,
+    }
+    assert sqlite_store.count("images") == IMAGES + 1
 
     # Resumable and idempotent: nothing is left to produce.
     with KafkaProducer(kafka.client_config(), kafka.max_message_bytes) as producer:
         again = reembed(sqlite_store, producer, kafka.images_topic, second.info, blobs)
-    assert (again.produced, again.present) == (0, IMAGES)
+    assert (again.produced, again.present) == (0, IMAGES + 1)
 
     # Other weights under a stored name are refused, with the reason, before producing anything.
     other = replace(second.info, weights="sha256:" + "0" * 64)
