@@ -3,10 +3,14 @@ started as a subprocess on a free 127.0.0.1 port and stopped on exit."""
 
 from __future__ import annotations
 
+import ctypes
 import logging
+import signal
 import socket
 import subprocess
+import sys
 import time
+from collections.abc import Callable
 from types import TracebackType
 
 from messaging.errors import MessagingError
@@ -18,6 +22,21 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def _die_with_parent() -> Callable[[], None] | None:
+    """On Linux, a ``preexec_fn`` that asks the kernel to SIGTERM the child when its parent dies
+    (``PR_SET_PDEATHSIG``): a parent killed with SIGKILL leaves no broker behind. The libc
+    function is looked up here, in the parent, so the child only calls it."""
+    if not sys.platform.startswith("linux"):
+        return None
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
+    pr_set_pdeathsig = 1
+
+    def arm() -> None:
+        prctl(pr_set_pdeathsig, signal.SIGTERM)
+
+    return arm
 
 
 class EmbeddedBroker:
@@ -49,6 +68,8 @@ class EmbeddedBroker:
             # its own process group: a Ctrl-C in the terminal reaches only the parent, which
             # stops its Kafka clients first and then this broker (else it dies under them)
             process_group=0,
+            # and it dies with the process (thread) that started it, however that one ends
+            preexec_fn=_die_with_parent(),
         )
         self._wait_ready()
         log.info("embedded Kafka broker (Tansu) on %s", self.bootstrap)
