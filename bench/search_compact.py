@@ -31,7 +31,8 @@ from bench.compact_data import Catalogue, prepare
 from config.settings import SearchSettings
 from schemas.records import FeatureBatch
 from search import ann
-from search.compact import CompactIndex, build_compact
+from search.compact import CompactIndex
+from search.compact_build import build_compact
 from search.engine import VectorIndex
 from search.scoring import ScoreOptions
 from search.tier import SearchIndex

@@ -16,6 +16,7 @@ the index removed, with the fresh tier's vectors winning over the store's; rows 
 encoded must therefore be in the store (the follower only applies stored rows).
 
 Every change publishes a new immutable :class:`_View`, which searches read without locks.
+Building from the store is :mod:`search.compact_build`.
 """
 
 from __future__ import annotations
@@ -23,20 +24,19 @@ from __future__ import annotations
 import logging
 import threading
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-from rich.progress import Progress
 
 from config.settings import SearchSettings
-from schemas.codec import l2_normalise, numpy_dtype
+from schemas.codec import numpy_dtype
 from schemas.records import FeatureBatch, ModelInfo, as_uuid, id_array
 from search import kernel, scoring
-from search.compact_codes import Codes, nlist_for
+from search.compact_codes import Codes
 from search.engine import UnknownId
 from search.scoring import RankedListing, ScoreOptions
 from store import Store
@@ -45,11 +45,10 @@ log = logging.getLogger(__name__)
 F32 = npt.NDArray[np.float32]
 I64 = npt.NDArray[np.int64]
 Ids = npt.NDArray[np.bytes_]
-RECALL_TOP_IMAGES = 256  # exact best images kept per recall query while building
 
 
 @dataclass(frozen=True)
-class _Rows:
+class Rows:
     """Rows sorted by (listing, image) with full vectors in the index's dtype."""
 
     listing_ids: Ids
@@ -60,21 +59,21 @@ class _Rows:
         return len(self.image_ids)
 
     @staticmethod
-    def empty(dim: int, dtype: np.dtype[Any]) -> _Rows:
+    def empty(dim: int, dtype: np.dtype[Any]) -> Rows:
         none = np.zeros(0, dtype="S16")
-        return _Rows(none, none.copy(), np.zeros((0, dim), dtype=dtype))
+        return Rows(none, none.copy(), np.zeros((0, dim), dtype=dtype))
 
     @staticmethod
-    def build(listing_ids: Ids, image_ids: Ids, vectors: kernel.Vectors, dtype: np.dtype[Any]) -> _Rows:
+    def build(listing_ids: Ids, image_ids: Ids, vectors: kernel.Vectors, dtype: np.dtype[Any]) -> Rows:
         """Sorted; of rows sharing an image id the last wins."""
         n = len(image_ids)
         _, first_reversed = np.unique(image_ids[::-1], return_index=True)
         keep = n - 1 - first_reversed.astype(np.int64)
         order = keep[np.lexsort((image_ids[keep], listing_ids[keep]))]
-        return _Rows(listing_ids[order], image_ids[order], kernel.narrow(vectors[order], dtype))
+        return Rows(listing_ids[order], image_ids[order], kernel.narrow(vectors[order], dtype))
 
-    def take(self, mask: npt.NDArray[np.bool_]) -> _Rows:
-        return _Rows(self.listing_ids[mask], self.image_ids[mask], self.vectors[mask])
+    def take(self, mask: npt.NDArray[np.bool_]) -> Rows:
+        return Rows(self.listing_ids[mask], self.image_ids[mask], self.vectors[mask])
 
 
 @dataclass(frozen=True)
@@ -123,10 +122,10 @@ class _View:
     alive: npt.NDArray[np.bool_]  # per encoded row
     live_bitmap: npt.NDArray[np.uint8] | None  # packed ``alive``; None when every row is alive
     removed: Ids  # sorted image ids removed and not added back: left out of rescoring
-    fresh: _Rows
+    fresh: Rows
 
     @staticmethod
-    def make(encoded: _Encoded, alive: npt.NDArray[np.bool_], removed: Ids, fresh: _Rows) -> _View:
+    def make(encoded: _Encoded, alive: npt.NDArray[np.bool_], removed: Ids, fresh: Rows) -> _View:
         bitmap = None if alive.all() else np.packbits(alive, bitorder="little")
         return _View(encoded, alive, bitmap, np.unique(removed), fresh)
 
@@ -164,7 +163,7 @@ class CompactIndex:
         self._lock = threading.Lock()
         encoded = _Encoded.of(codes, listing_ids, image_ids)
         alive = np.ones(len(image_ids), dtype=bool)
-        self._view = _View.make(encoded, alive, np.zeros(0, "S16"), _Rows.empty(model.dim, self.dtype))
+        self._view = _View.make(encoded, alive, np.zeros(0, "S16"), Rows.empty(model.dim, self.dtype))
         self.recall_at_10: float | None = None
         self.follower: Any = None
 
@@ -199,7 +198,7 @@ class CompactIndex:
             alive = v.alive.copy()
             alive[v.encoded.rows_of_images(batch.image_ids)] = False
             kept = v.fresh.take(~np.isin(v.fresh.image_ids, batch.image_ids))
-            fresh = _Rows.build(
+            fresh = Rows.build(
                 np.concatenate([kept.listing_ids, batch.listing_ids]),
                 np.concatenate([kept.image_ids, batch.image_ids]),
                 np.concatenate([kept.vectors, kernel.narrow(batch.vectors, self.dtype)]),
@@ -245,7 +244,7 @@ class CompactIndex:
             v = self._view
             self._merge(v.encoded, v.alive, v.removed, v.fresh)
 
-    def _merge(self, encoded: _Encoded, alive: npt.NDArray[np.bool_], removed: Ids, fresh: _Rows) -> None:
+    def _merge(self, encoded: _Encoded, alive: npt.NDArray[np.bool_], removed: Ids, fresh: Rows) -> None:
         """The fresh rows appended to a copy of the IVF (searches keep reading the old one)."""
         codes = encoded.codes.clone()
         codes.add(fresh.vectors)
@@ -255,7 +254,7 @@ class CompactIndex:
             np.concatenate([encoded.image_ids, fresh.image_ids]),
         )
         live = np.concatenate([alive, np.ones(len(fresh), dtype=bool)])
-        self._view = _View.make(merged, live, removed, _Rows.empty(self.model.dim, self.dtype))
+        self._view = _View.make(merged, live, removed, Rows.empty(self.model.dim, self.dtype))
         log.info("compact index: %d fresh rows encoded (%d rows with codes)", len(fresh), len(merged))
 
     # -- lookups --------------------------------------------------------------------------
@@ -286,7 +285,7 @@ class CompactIndex:
                 return as_uuid(listing[0]), kernel.widen(held.vectors[at[:1]])[0]
         raise UnknownId(f"image {image_id} has no vector of model {self.model.name}")
 
-    def _rows(self, v: _View, listing_ids: Ids) -> _Rows:
+    def _rows(self, v: _View, listing_ids: Ids) -> Rows:
         """The live rows of these listings with full vectors: the store's, less what the index
         removed or holds fresh, and the fresh tier's."""
         stored = self.store.listings_features([as_uuid(i) for i in listing_ids], self.model)
@@ -296,7 +295,7 @@ class CompactIndex:
         images = np.concatenate([stored.image_ids[keep], v.fresh.image_ids[fresh]])
         vectors = np.concatenate([kernel.narrow(stored.vectors[keep], self.dtype), v.fresh.vectors[fresh]])
         order = np.lexsort((images, listings))
-        return _Rows(listings[order], images[order], vectors[order])
+        return Rows(listings[order], images[order], vectors[order])
 
     # -- search ---------------------------------------------------------------------------
     def check_queries(self, queries: npt.NDArray[np.floating]) -> F32:
@@ -367,99 +366,3 @@ class CompactIndex:
             len({r.listing_id.bytes for r in a} & set(e[:k])) for a, e in zip(answers, exact, strict=True)
         )
         return found / max(1, sum(len(e[:k]) for e in exact))
-
-
-# -- building from the store ----------------------------------------------------------------
-class _ExactTop:
-    """The exact best images of a few queries over a stream of rows, for recall at build."""
-
-    def __init__(self, queries: F32) -> None:
-        self.queries = queries
-        self.scores = np.full((len(queries), 0), -np.inf, dtype=np.float32)
-        self.listings = np.zeros((len(queries), 0), dtype="S16")
-
-    def feed(self, rows: _Rows) -> None:
-        if len(self.queries) == 0 or len(rows) == 0:
-            return
-        scores = np.concatenate([self.scores, kernel.score(rows.vectors, self.queries).T], axis=1)
-        listings = np.concatenate(
-            [self.listings, np.broadcast_to(rows.listing_ids, (len(self.queries), len(rows)))], axis=1
-        )
-        keep = np.argsort(-scores, axis=1, kind="stable")[:, :RECALL_TOP_IMAGES]
-        self.scores = np.take_along_axis(scores, keep, axis=1)
-        self.listings = np.take_along_axis(listings, keep, axis=1)
-
-    def top_listings(self, k: int) -> list[list[bytes]]:
-        """Under ``max`` a listing ranks by its best image: the first k listings met."""
-        return [list(dict.fromkeys(bytes(x).ljust(16, b"\0") for x in row))[:k] for row in self.listings]
-
-
-def _scan(store: Store, model: ModelInfo, dtype: np.dtype[Any], progress: bool) -> Iterator[_Rows]:
-    """The store's rows of ``model`` in scan order, vectors in the index's dtype."""
-    with Progress(disable=not progress, transient=True) as bar:
-        task = bar.add_task(f"encoding {model.name} vectors", total=None)
-        for batch in store.scan_features(model):
-            yield _Rows(batch.listing_ids, batch.image_ids, kernel.narrow(batch.vectors, dtype))
-            bar.advance(task, len(batch))
-
-
-def build_compact(
-    store: Store, model: ModelInfo, settings: SearchSettings, *, progress: bool = False
-) -> CompactIndex:
-    """A compact index over every stored vector of ``model`` from one streamed scan of the
-    store: the first ``compact_train_rows`` rows (whole listings; listing ids are random, so
-    a random sample of listings) train PCA and the IVF, then every batch is encoded and
-    dropped. Recall@10 against exact is measured on queries made from sampled rows (their
-    exact best images found during the same scan) and logged."""
-    dtype = numpy_dtype(settings.dtype)
-    scan = _scan(store, model, dtype, progress)
-    sample: list[_Rows] = []
-    for rows in scan:
-        sample.append(rows)
-        if sum(len(r) for r in sample) >= settings.compact_train_rows:
-            break
-    if not sample or not len(sample[0]):
-        raise ValueError(
-            f"no vectors of model {model.name} in the store: nothing to build a compact index on"
-        )
-    train = np.concatenate([r.vectors for r in sample])[: settings.compact_train_rows]
-    nlist = nlist_for(store.count_features(model), len(train), settings.compact_nlist)
-    codes = Codes.train(train, min(settings.compact_dims, model.dim), nlist)
-    queries = _sample_queries(train, settings.compact_recall_queries)
-    del train
-    exact = _ExactTop(queries)
-    listing_ids, image_ids = [], []
-    for rows in _chain(sample, scan):
-        exact.feed(rows)
-        codes.add(rows.vectors)
-        listing_ids.append(rows.listing_ids)
-        image_ids.append(rows.image_ids)
-    index = CompactIndex(
-        store, model, settings, codes, np.concatenate(listing_ids), np.concatenate(image_ids)
-    )
-    log.info(
-        "compact index: %d vectors of %s, %d dims, %d lists, %.0f bytes an image",
-        len(index),
-        model.name,
-        codes.dims,
-        nlist,
-        index.nbytes / max(1, len(index)),
-    )
-    if len(queries):
-        index.recall_at_10 = index.measure_recall(queries, exact.top_listings(10))
-        log.info("compact index: recall@10 %.3f on %d sampled queries", index.recall_at_10, len(queries))
-    return index
-
-
-def _chain(first: list[_Rows], rest: Iterator[_Rows]) -> Iterator[_Rows]:
-    while first:
-        yield first.pop(0)  # the sample is let go as it is encoded
-    yield from rest
-
-
-def _sample_queries(vectors: kernel.Vectors, n: int) -> F32:
-    """Stored vectors with noise added: queries that look like the catalogue."""
-    rng = np.random.default_rng(0)
-    picked = kernel.widen(vectors[rng.choice(len(vectors), size=min(n, len(vectors)), replace=False)])
-    noisy = picked + rng.normal(scale=0.5 / np.sqrt(vectors.shape[1]), size=picked.shape)
-    return l2_normalise(noisy)

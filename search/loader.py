@@ -13,7 +13,7 @@ from rich.progress import Progress
 from config.settings import KafkaSettings, SearchSettings
 from schemas.records import FeatureBatch, ModelInfo
 from search import ann
-from search.compact import build_compact
+from search.compact_build import build_compact
 from search.engine import VectorIndex
 from search.follow import ChangeObserver, ChangeSource, Follower, StoreScanSource
 from search.follow_kafka import ImageStreamSource

@@ -11,7 +11,7 @@ import pytest
 
 from config.settings import SearchSettings
 from schemas.records import FeatureBatch
-from search.compact import build_compact
+from search.compact_build import build_compact
 from search.engine import VectorIndex
 from search.scoring import ScoreOptions
 from store import Store

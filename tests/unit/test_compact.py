@@ -13,7 +13,8 @@ import pytest
 from config.settings import SearchSettings
 from schemas.codec import l2_normalise
 from schemas.records import Extracted, FeatureBatch, ImageRecord, ModelInfo, StockLevel, id_array
-from search.compact import CompactIndex, build_compact
+from search.compact import CompactIndex
+from search.compact_build import build_compact
 from search.engine import UnknownId, VectorIndex
 from search.follow import Follower, StoreScanSource
 from search.scoring import RankedListing, ScoreOptions
