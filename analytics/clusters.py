@@ -16,16 +16,55 @@ Vectors = npt.NDArray[np.floating]
 
 
 def spherical_kmeans(points: Vectors, k: int, iters: int, seed: int, redo: int = 1) -> F32:
-    """Centroids (k, dim) of spherical k-means over ``points`` (trained on at most 256 per cluster)."""
+    """Centroids (k, dim) of spherical k-means over ``points`` (trained on at most 256 per
+    cluster): ``redo`` runs from k-means++ seeds, the one whose points sit closest to their
+    centroids kept. FAISS's own start (k random points) lands in poor local optima when the
+    clusters are many and even; k-means++ spreads the seeds over them."""
     rows = sample_rows(len(points), 256 * k, seed)
     train = d.normalise_rows(np.asarray(points[rows], dtype=np.float32))
     gpu = hasattr(faiss, "get_num_gpus") and faiss.get_num_gpus() > 0
-    km = faiss.Kmeans(
-        train.shape[1], k, niter=iters, seed=seed, spherical=True, gpu=gpu, verbose=False, nredo=redo,
-        max_points_per_centroid=256, min_points_per_centroid=1,
-    )  # fmt: skip
-    km.train(train)
-    return np.ascontiguousarray(km.centroids, dtype=np.float32)
+    best, best_fit = np.zeros((0, train.shape[1]), np.float32), -np.inf
+    for run in range(redo):
+        rng = np.random.default_rng([seed, run])
+        km = faiss.Kmeans(
+            train.shape[1], k, niter=iters, seed=seed + run, spherical=True, gpu=gpu, verbose=False,
+            max_points_per_centroid=256, min_points_per_centroid=1,
+        )  # fmt: skip
+        km.train(train, init_centroids=kmeans_plus_plus(train, k, rng))
+        centroids = np.ascontiguousarray(km.centroids, dtype=np.float32)
+        fit = _fit(train, centroids)
+        if fit > best_fit:
+            best, best_fit = centroids, fit
+    return best
+
+
+def kmeans_plus_plus(points: F32, k: int, rng: np.random.Generator, sample_per_cluster: int = 32) -> F32:
+    """k seeds by greedy k-means++ (Arthur & Vassilvitskii; the greedy variant scikit-learn
+    uses): each step draws ``2 + ln k`` candidates with probability proportional to their
+    squared distance to the nearest seed so far (``2 - 2 cos`` on the sphere) and keeps the one
+    that lowers the total most. Drawn from at most ``sample_per_cluster * k`` of the points."""
+    pool = points[sample_rows(len(points), sample_per_cluster * k, int(rng.integers(2**31)))]
+    trials = 2 + int(np.log(k))
+    chosen = [int(rng.integers(len(pool)))]
+    nearest = pool @ pool[chosen[0]]  # similarity to the closest seed so far
+    for _ in range(1, min(k, len(pool))):
+        weight = np.cumsum(np.maximum(2.0 - 2.0 * nearest, 0.0), dtype=np.float64)
+        if weight[-1] <= 0:  # every point already is a seed's copy
+            chosen.append(int(rng.integers(len(pool))))
+            continue
+        picks = np.minimum(
+            np.searchsorted(weight, rng.random(trials) * weight[-1], side="right"), len(pool) - 1
+        )
+        after = np.maximum(nearest[:, None], pool @ pool[picks].T)  # (n, trials)
+        best = int(np.argmax(after.sum(axis=0, dtype=np.float64)))  # highest similarity: lowest cost
+        chosen.append(int(picks[best]))
+        nearest = after[:, best].copy()
+    return np.ascontiguousarray(pool[chosen], dtype=np.float32)
+
+
+def _fit(points: F32, centroids: F32) -> float:
+    """Sum over points of the similarity to their nearest centroid (higher is better)."""
+    return float(assign_chunked(points, centroids)[1].sum(dtype=np.float64))
 
 
 def assign_chunked(vectors: Vectors, centroids: F32, chunk: int = 16384) -> tuple[I32, F32]:

@@ -175,3 +175,33 @@ def test_pca_of_fewer_rows_than_asked_keeps_the_directions_the_sample_spans() ->
     assert pca.out_dim == 11
     reduced = pca.apply(x)
     assert reduced.shape == (12, 11) and np.isfinite(reduced).all()
+
+
+def _even_clusters(k: int, per: int, dim: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """``k`` tight, well-separated clusters of ``per`` points each on the unit sphere."""
+    rng = np.random.default_rng(seed)
+    centres = d.normalise_rows(rng.standard_normal((k, dim)))
+    labels = np.repeat(np.arange(k), per)
+    return d.normalise_rows(
+        centres[labels] + rng.normal(scale=0.15 / np.sqrt(dim), size=(k * per, dim))
+    ), labels
+
+
+def test_kmeans_plus_plus_seeds_spread_over_the_clusters() -> None:
+    from analytics.clusters import kmeans_plus_plus
+
+    points, labels = _even_clusters(200, 30, 32, seed=3)
+    seeds = kmeans_plus_plus(points, 200, np.random.default_rng(0))
+    hit, _ = d.assign(seeds, d.normalise_rows(np.stack([points[labels == c].mean(0) for c in range(200)])))
+    assert seeds.shape == (200, 32)
+    assert len(set(hit.tolist())) >= 180  # random seeds would hit about 126 (1 - 1/e) of 200
+
+
+def test_spherical_kmeans_recovers_many_even_clusters() -> None:
+    from sklearn.metrics import adjusted_rand_score
+
+    from analytics.clusters import assign_chunked, spherical_kmeans
+
+    points, labels = _even_clusters(200, 30, 32, seed=4)
+    found, _ = assign_chunked(points, spherical_kmeans(points, 200, iters=20, seed=0))
+    assert adjusted_rand_score(labels, found) >= 0.98
