@@ -374,8 +374,9 @@ def main() -> None:
             args.mllib_rows,
         )
         report["kmeans"]["note"] = (
-            "all on the engine's PCA-256 normalised points; FAISS and scikit-learn on the same "
-            "training sample (256 per cluster), MLlib on its first --mllib-rows rows (a Python list "
+            "all on the engine's PCA-256 normalised points; FAISS (the engine's spherical k-means, "
+            "greedy k-means++ seeds) and scikit-learn on the same training sample (256 per "
+            "cluster), MLlib on its first --mllib-rows rows (a Python list "
             "of DenseVectors into the JVM is the slow part, not measured); inertia and ARI of every "
             "image against each method's centroids"
         )
