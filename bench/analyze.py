@@ -289,7 +289,7 @@ def _device() -> str:
             name = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
-    return f"{name}, {os.cpu_count()} cores, no GPU used (load shared with other work: timings are noisy)"
+    return f"{name}, {os.cpu_count()} cores, no GPU used"
 
 
 def main() -> None:
@@ -313,6 +313,7 @@ def main() -> None:
     k = d.default_clusters(n, settings.max_clusters)
     report: dict[str, Any] = {
         "device": _device(),
+        "load_average_at_start": round(os.getloadavg()[0], 2),  # > cores: timings are shared
         "command": "make bench-analyze" + (" MILLION=1" if args.million else ""),
         "date": time.strftime("%Y-%m-%d"),
         "rows": n,
