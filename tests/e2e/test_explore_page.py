@@ -7,20 +7,16 @@ Screenshots and the figures go to tests/artifacts/."""
 from __future__ import annotations
 
 import json
-import threading
-import time
 from collections.abc import Iterator
 
 import numpy as np
 import pytest
-import uvicorn
 
 from api.app import create_app
 from api.deps import Components
 from config.settings import ApiSettings
-from messaging.broker import free_port
 from store.sqlite import SQLiteStore
-from tests.e2e.browser import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS
+from tests.e2e.browser import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, serving
 from tests.integration.analytics_seed import Seeded, seed_store, service
 
 pytestmark = pytest.mark.e2e
@@ -33,18 +29,8 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Seed
     store = SQLiteStore(f"sqlite:///{folder / 'lookalike.db'}")
     store.apply_schema()
     seeded = seed_store(store, folder)
-    settings = ApiSettings(port=free_port())
-    app = create_app(settings, Components(service(store)))
-    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=settings.port, log_level="warning"))
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not srv.started:
-        assert time.monotonic() < deadline, "the API did not start"
-        time.sleep(0.1)
-    yield f"http://127.0.0.1:{settings.port}", seeded
-    srv.should_exit = True
-    thread.join(timeout=10)
+    with serving(create_app(ApiSettings(), Components(service(store)))) as url:
+        yield url, seeded
     store.close()
 
 

@@ -3,20 +3,16 @@ upload a photo, see the right listing first, click a result to search from it.""
 
 from __future__ import annotations
 
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import uvicorn
 
 from api.app import create_app
 from api.deps import Components
 from config.settings import ApiSettings
-from messaging.broker import free_port
 from tests.conftest import jpeg_bytes
-from tests.e2e.browser import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS
+from tests.e2e.browser import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, serving
 from tests.integration.test_api import seeded_service
 
 pytestmark = pytest.mark.e2e
@@ -24,18 +20,8 @@ pytestmark = pytest.mark.e2e
 
 @pytest.fixture
 def server(sqlite_store, tmp_path: Path) -> Iterator[str]:  # type: ignore[no-untyped-def]
-    settings = ApiSettings(port=free_port())
-    app = create_app(settings, Components(seeded_service(sqlite_store, tmp_path)))
-    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=settings.port, log_level="warning"))
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not srv.started:
-        assert time.monotonic() < deadline, "the API did not start"
-        time.sleep(0.1)
-    yield f"http://127.0.0.1:{settings.port}"
-    srv.should_exit = True
-    thread.join(timeout=10)
+    with serving(create_app(ApiSettings(), Components(seeded_service(sqlite_store, tmp_path)))) as url:
+        yield url
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="chromium not installed (make test installs it as root)")
