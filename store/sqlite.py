@@ -111,11 +111,15 @@ class SQLiteStore(SQLiteAnalytics):
         translated for SQLite and applied in one transaction with its version row: a failed
         migration leaves nothing half-applied. Processes that open one file at once (``extract
         --workers 2``) take turns: each migration starts with the write lock (``BEGIN
-        IMMEDIATE``) and is skipped if another process recorded it meanwhile."""
+        IMMEDIATE``) and is skipped if another process recorded it meanwhile; what is already
+        applied is skipped without taking the lock."""
         applied = []
         with self._write() as db:
             db.execute(VERSIONS_DDL)
+            done = {row[0] for row in db.execute("SELECT version FROM schema_versions")}
         for migration in load_migrations() if migrations is None else migrations:
+            if migration.version in done:  # the usual case: no write lock taken
+                continue
             statements = [sql for cql in migration.statements for sql in translate(cql)]
             with self._write() as db:
                 db.execute("BEGIN IMMEDIATE")
