@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 
 import numpy as np
 import numpy.typing as npt
+
+from schemas.answers import Answer
 
 
 def as_uuid(raw: bytes | np.bytes_) -> uuid.UUID:
@@ -110,15 +112,6 @@ class ListingResult:
     inventory: int | None
     images: tuple[ImageMatch, ...]
 
-    def as_json(self) -> dict[str, object]:
-        return {
-            "listing_id": str(self.listing_id),
-            "listing_name": self.listing_name,
-            "score": round(self.score, 6),
-            "inventory": self.inventory,
-            "images": [{"image_id": str(m.image_id), "score": round(m.score, 6)} for m in self.images],
-        }
-
 
 @dataclass(frozen=True)
 class QueryAnswer:
@@ -126,4 +119,5 @@ class QueryAnswer:
     results: tuple[ListingResult, ...]
 
     def as_json(self) -> dict[str, object]:
-        return {"query_id": str(self.query_id), "results": [r.as_json() for r in self.results]}
+        """The answer's wire format (``schemas.answers.Answer``), as JSON-ready values."""
+        return Answer.model_validate(asdict(self)).model_dump(mode="json")

@@ -11,11 +11,12 @@ import numpy as np
 import numpy.typing as npt
 from fastapi import APIRouter, Depends, Form, HTTPException, Query, Request, UploadFile
 from fastapi.concurrency import run_in_threadpool
-from pydantic import BaseModel, ConfigDict, Field, PlainSerializer
+from pydantic import BaseModel, ConfigDict, Field
 
 from api.deps import Queue, Searcher, Settings, StoreDep, read_access
 from api.routers.models import require_served
 from extract.decode import DecodeError
+from schemas.answers import Answer
 from schemas.records import QueryAnswer
 from search.scoring import MAX_K, Aggregation, ScoreOptions
 from search.service import Query as SearchQuery
@@ -62,31 +63,6 @@ class SearchJson(SearchOptions):
     vector: list[float] | None = Field(default=None, min_length=1, max_length=MAX_DIM)
 
 
-# Scores are float32 underneath: six decimals say all they know.
-Score = Annotated[float, PlainSerializer(lambda v: round(v, 6), return_type=float)]
-
-
-class ImageMatchOut(BaseModel):
-    image_id: uuid.UUID
-    score: Score
-
-
-class ListingOut(BaseModel):
-    """One ranked listing: the HTTP face of ``schemas.records.ListingResult``, which the
-    routes return as it is (FastAPI validates it into these models once, on the way out)."""
-
-    listing_id: uuid.UUID
-    listing_name: str
-    score: Score
-    inventory: int | None
-    images: list[ImageMatchOut]
-
-
-class AnswerOut(BaseModel):
-    query_id: uuid.UUID
-    results: list[ListingOut]
-
-
 def _within_upload_limit(request: Request, settings: Settings) -> None:
     """Refuse an oversized upload before its body is read."""
     length = request.headers.get("content-length", "")
@@ -105,7 +81,7 @@ async def _answer(searcher: SearchService, query: SearchQuery, opts: SearchOptio
     return answer
 
 
-@router.post("/search", response_model=AnswerOut)
+@router.post("/search", response_model=Answer)
 async def search(body: SearchJson, searcher: Searcher) -> QueryAnswer:
     """Listings that look like an indexed image, a listing (its images combined) or a raw
     vector, best first, with stock and the matched images. To search with a photo, post it to
@@ -118,7 +94,7 @@ async def search(body: SearchJson, searcher: Searcher) -> QueryAnswer:
     return await _answer(searcher, query, SearchOptions.model_validate(body.model_dump(include=_OPTIONS)))
 
 
-@router.post("/search/image", response_model=AnswerOut, dependencies=[Depends(_within_upload_limit)])
+@router.post("/search/image", response_model=Answer, dependencies=[Depends(_within_upload_limit)])
 async def search_image(
     form: Annotated[ImageSearchForm, Form(media_type="multipart/form-data")],
     searcher: Searcher,
@@ -145,7 +121,7 @@ def _finite_vector(values: list[float]) -> npt.NDArray[np.float32]:
     return vector
 
 
-@router.get("/search/{query_id}", response_model=AnswerOut)
+@router.get("/search/{query_id}", response_model=Answer)
 async def read_back(
     query_id: uuid.UUID, store: StoreDep, k: Annotated[int | None, Query(ge=1, le=MAX_K)] = None
 ) -> QueryAnswer:

@@ -52,6 +52,8 @@ def test_import_then_search_by_vector(imported: tuple[Path, np.ndarray, list[str
         assert [str(r.listing_id) for r in back] == [r["listing_id"] for r in answers[0]["results"]]
         top = answers[0]["results"][0]["images"][0]["score"]
         assert top == pytest.approx(1.0, abs=1e-3)  # stored L2-normalised: the query finds itself
+        scores = [r["score"] for a in answers for r in a["results"]]
+        assert all(s == round(s, 6) for s in scores)  # the API's wire format (schemas.answers)
         assert np.linalg.norm(l2_normalise(vectors[0])) == pytest.approx(1.0)
     finally:
         store.close()
