@@ -18,8 +18,8 @@ Vectors = npt.NDArray[np.floating]
 def spherical_kmeans(points: Vectors, k: int, iters: int, seed: int, redo: int = 1) -> F32:
     """Centroids (k, dim) of spherical k-means over ``points`` (trained on at most 256 per
     cluster): ``redo`` runs from k-means++ seeds, the one whose points sit closest to their
-    centroids kept. FAISS's own start (k random points) lands in poor local optima when the
-    clusters are many and even; k-means++ spreads the seeds over them."""
+    centroids kept (FAISS's objective). FAISS's own start (k random points) lands in poor local
+    optima when the clusters are many and even; k-means++ spreads the seeds over them."""
     rows = sample_rows(len(points), 256 * k, seed)
     train = d.normalise_rows(np.asarray(points[rows], dtype=np.float32))
     gpu = hasattr(faiss, "get_num_gpus") and faiss.get_num_gpus() > 0
@@ -31,10 +31,11 @@ def spherical_kmeans(points: Vectors, k: int, iters: int, seed: int, redo: int =
             max_points_per_centroid=256, min_points_per_centroid=1,
         )  # fmt: skip
         km.train(train, init_centroids=kmeans_plus_plus(train, k, rng))
-        centroids = np.ascontiguousarray(km.centroids, dtype=np.float32)
-        fit = _fit(train, centroids)
+        fit = float(
+            np.asarray(km.obj)[-1]
+        )  # spherical: FAISS's sum of similarities to the assigned centroids
         if fit > best_fit:
-            best, best_fit = centroids, fit
+            best, best_fit = np.ascontiguousarray(km.centroids, dtype=np.float32), fit
     return best
 
 
@@ -60,11 +61,6 @@ def kmeans_plus_plus(points: F32, k: int, rng: np.random.Generator, sample_per_c
         chosen.append(int(picks[best]))
         nearest = after[:, best].copy()
     return np.ascontiguousarray(pool[chosen], dtype=np.float32)
-
-
-def _fit(points: F32, centroids: F32) -> float:
-    """Sum over points of the similarity to their nearest centroid (higher is better)."""
-    return float(assign_chunked(points, centroids)[1].sum(dtype=np.float64))
 
 
 def assign_chunked(vectors: Vectors, centroids: F32, chunk: int = 16384) -> tuple[I32, F32]:
