@@ -7,6 +7,7 @@ its images' scores; ties rank by listing id (bytes order, which is also UUID-str
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -114,6 +115,44 @@ class RankedListing:
     listing_id: uuid.UUID
     score: float
     matches: tuple[tuple[uuid.UUID, float], ...]
+
+
+@dataclass(frozen=True)
+class SearchRequest:
+    """One query of a batch, resolved to its vector, with its own options: what the engines
+    (in memory, compact, Spark) score together in one pass, each answered as if alone."""
+
+    vector: F32  # (dim,), L2-normalised
+    opts: ScoreOptions = ScoreOptions()
+    in_stock_only: bool = False
+    exclude: frozenset[uuid.UUID] = frozenset()  # listings left out (a query by image or listing: its own)
+
+    def allowed(
+        self, listing_ids: npt.NDArray[np.bytes_], base: npt.NDArray[np.bool_] | None = None
+    ) -> npt.NDArray[np.bool_]:
+        """Which of ``listing_ids`` this request may rank (``base``: allowed for every request)."""
+        ok = np.ones(len(listing_ids), dtype=bool) if base is None else base.copy()
+        if self.exclude:
+            ok &= ~np.isin(listing_ids, np.array(sorted(e.bytes for e in self.exclude), dtype="S16"))
+        return ok
+
+
+def ranked_each(
+    scores: F32,
+    starts: I64,
+    listing_ids: npt.NDArray[np.bytes_],
+    image_ids: npt.NDArray[np.bytes_],
+    requests: Sequence[SearchRequest],
+    base: npt.NDArray[np.bool_] | None = None,
+) -> list[list[RankedListing]]:
+    """:func:`ranked` for every column of ``scores`` (rows, requests), each with its request's
+    own options and exclusions: a batch answered as each query would be alone."""
+    if scores.ndim != 2 or scores.shape[1] != len(requests):
+        raise ValueError(f"scores must be (rows, {len(requests)}), got {scores.shape}")
+    return [
+        ranked(scores[:, j], starts, listing_ids, image_ids, r.allowed(listing_ids, base), r.opts)
+        for j, r in enumerate(requests)
+    ]
 
 
 def ranked(

@@ -123,3 +123,38 @@ def test_clear_errors() -> None:
         ScoreOptions(k=0)
     with pytest.raises(ValueError, match="aggregation must be one of"):
         ScoreOptions(aggregation="median")  # type: ignore[arg-type]
+
+
+def test_ranked_each_answers_every_request_as_if_alone() -> None:
+    """A batch with mixed options and exclusions: each column ranked with its own request."""
+    from search.scoring import SearchRequest, group_starts, ranked, ranked_each
+
+    rng = np.random.default_rng(7)
+    listing_of = sorted(uuid.UUID(int=int(i)) for i in rng.integers(1, 12, size=60))
+    listing_rows = np.array([u.bytes for u in listing_of], dtype="S16")
+    image_ids = np.array([uuid.UUID(int=1000 + i).bytes for i in range(60)], dtype="S16")
+    starts = group_starts(listing_rows)
+    listing_ids = listing_rows[starts]
+    requests = [
+        SearchRequest(l2_normalise(rng.normal(size=(1, DIM)))[0], ScoreOptions(k=3)),
+        SearchRequest(
+            l2_normalise(rng.normal(size=(1, DIM)))[0],
+            ScoreOptions(k=5, aggregation="mean_top_n", top_n=2),
+            exclude=frozenset({listing_of[0], listing_of[-1]}),
+        ),
+        SearchRequest(
+            l2_normalise(rng.normal(size=(1, DIM)))[0],
+            ScoreOptions(k=4, aggregation="count_above", threshold=0.1),
+        ),
+    ]
+    vectors = l2_normalise(rng.normal(size=(60, DIM)))
+    scores = (vectors @ np.stack([r.vector for r in requests]).T).astype(np.float32)
+    together = ranked_each(scores, starts, listing_ids, image_ids, requests)
+    for j, r in enumerate(requests):
+        allowed = ~np.isin(listing_ids, np.array([e.bytes for e in r.exclude], dtype="S16"))
+        alone = ranked(np.ascontiguousarray(scores[:, j]), starts, listing_ids, image_ids, allowed, r.opts)
+        assert together[j] == alone
+    assert {x.listing_id for x in together[1]}.isdisjoint({listing_of[0], listing_of[-1]})
+    assert [len(t) for t in together] == [3, 5, 4]
+    with pytest.raises(ValueError, match="scores must be"):
+        ranked_each(scores[:, :2], starts, listing_ids, image_ids, requests)
