@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 SERVE  ?= 1
 UV_VERSION := 0.13.8
 
-.PHONY: demo test browser lint typecheck check bench-store bench-api bench-extract bench-search bench-quality bench-analyze clean
+.PHONY: demo test browser docs lint typecheck check bench-store bench-api bench-extract bench-search bench-quality bench-analyze clean
 
 $(STAMP): pyproject.toml search/_scan.c
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -28,12 +28,18 @@ browser:
 test: $(STAMP) browser
 	$(BIN)/pytest
 
+# The documentation site (mkdocs.yml, docs/) into site/, strict: a broken link, anchor, generated
+# reference or quoted figure fails it. (`make test` builds it too: tests/unit/test_docs.py.)
+# NO_MKDOCS_2_WARNING: Material's end-of-life notice, printed on every build, is not a warning of ours.
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
+
 lint: $(STAMP)
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .
 	$(BIN)/lint-imports
 
 typecheck: $(STAMP)
-	$(BIN)/mypy && $(BIN)/mypy notebooks && $(BIN)/mypy tests bench
+	$(BIN)/mypy && $(BIN)/mypy notebooks && $(BIN)/mypy tests bench docs/gen
 
 check: lint typecheck test
 
@@ -61,4 +67,4 @@ bench-api: $(STAMP)
 	$(BIN)/python -m bench.api
 
 clean:
-	rm -rf $(VENV) data .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) data site .pytest_cache .mypy_cache .ruff_cache

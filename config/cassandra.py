@@ -33,35 +33,60 @@ _FACTOR = re.compile(r"^[1-9][0-9]{0,2}(/[0-9]{1,3})?$")  # "3", or "3/1" (trans
 class CassandraSettings(BaseSettings):
     """How the Cassandra store talks to the cluster (not where: that is the URL)."""
 
-    model_config = SettingsConfigDict(env_prefix="LOOKALIKE_CASSANDRA_", extra="forbid", frozen=True)
+    # use_attribute_docstrings: each field's docstring is its description (the settings
+    # reference of the documentation site prints it)
+    model_config = SettingsConfigDict(
+        env_prefix="LOOKALIKE_CASSANDRA_", extra="forbid", frozen=True, use_attribute_docstrings=True
+    )
 
-    # Keyspace replication, as JSON: {"class": "NetworkTopologyStrategy", "dc1": 3, "dc2": 3}.
     replication: dict[str, str] = Field(
         default_factory=lambda: {"class": "SimpleStrategy", "replication_factor": "1"}
     )
+    """Keyspace replication, as JSON: `{"class": "NetworkTopologyStrategy", "dc1": 3, "dc2": 3}`."""
     read_consistency: Consistency = "LOCAL_ONE"
+    """Consistency level of reads."""
     write_consistency: Consistency = "LOCAL_QUORUM"
-    serial_consistency: SerialConsistency = "LOCAL_SERIAL"  # the schema lock (an LWT)
-    concurrency: int = Field(default=64, ge=1, le=4096)  # requests in flight per call
-    fetch_size: int = Field(default=2000, ge=1)  # rows per page
+    """Consistency level of writes."""
+    serial_consistency: SerialConsistency = "LOCAL_SERIAL"
+    """Serial consistency of the schema lock (a lightweight transaction)."""
+    concurrency: int = Field(default=64, ge=1, le=4096)
+    """Requests in flight per batch write or multi-key read: raise it with more nodes, lower it
+    if the cluster reports timeouts."""
+    fetch_size: int = Field(default=2000, ge=1)
+    """Rows per page."""
     request_timeout_s: float = Field(default=10.0, gt=0)
+    """Per request."""
     connect_timeout_s: float = Field(default=5.0, gt=0)
-    ddl_timeout_s: float = Field(default=60.0, gt=0)  # one schema statement
-    schema_lock_timeout_s: float = Field(default=300.0, gt=0)  # wait for another migrator
+    """Connecting to a node."""
+    ddl_timeout_s: float = Field(default=60.0, gt=0)
+    """One schema statement."""
+    schema_lock_timeout_s: float = Field(default=300.0, gt=0)
+    """How long `schema apply` waits for another migrator."""
     username: str = ""
+    """PasswordAuthenticator user (credentials never go in the store URL)."""
     password: SecretStr = SecretStr("")
+    """PasswordAuthenticator password; never logged."""
     tls: bool = False
-    tls_ca_file: Path | None = None  # None: the system's trust store
+    """Connect with TLS."""
+    tls_ca_file: Path | None = None
+    """CA bundle for TLS; unset: the system's trust store."""
     tls_check_hostname: bool = True
-    # Token sub-ranges of a whole-ring scan (a shard gets its share, at least one);
-    # 0: 4 per host the driver knows, at least 8.
+    """Check the node's certificate against its host name."""
     scan_splits: int = Field(default=0, ge=0)
-    scan_parallelism: int = Field(default=8, ge=1, le=256)  # sub-ranges read at once
-    retry_attempts: int = Field(default=5, ge=1, le=100)  # per request, first try included
-    retry_backoff_s: float = Field(default=0.2, ge=0)  # first wait; doubles each retry
+    """Token sub-ranges of a whole-ring scan (a shard gets its share, at least one); 0: 4 per host
+    the driver knows, at least 8."""
+    scan_parallelism: int = Field(default=8, ge=1, le=256)
+    """Sub-ranges read at once; a scan holds about parallelism x 2 pages x fetch size rows."""
+    retry_attempts: int = Field(default=5, ge=1, le=100)
+    """Idempotent requests, per request, first try included (timeouts, unavailable)."""
+    retry_backoff_s: float = Field(default=0.2, ge=0)
+    """First wait between retries; doubles each retry."""
     retry_backoff_max_s: float = Field(default=5.0, ge=0)
-    speculative_delay_ms: int = Field(default=0, ge=0)  # reads: 0 = no speculative execution
+    """Longest wait between retries."""
+    speculative_delay_ms: int = Field(default=0, ge=0)
+    """Reads: a speculative request to another replica after this; 0: no speculative execution."""
     speculative_attempts: int = Field(default=2, ge=1, le=10)
+    """Speculative requests per read at most."""
 
     @field_validator("read_consistency", "write_consistency", "serial_consistency", mode="before")
     @classmethod

