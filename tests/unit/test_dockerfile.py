@@ -56,8 +56,15 @@ def test_dockerignore_keeps_what_the_build_needs_and_drops_local_state() -> None
     for needed in ("pyproject.toml", "search/_scan.c", "schemas/cql/001_tables.cql", "api/static/index.html"):
         if (ROOT / needed).exists():
             assert needed in files, f".dockerignore leaves out {needed}, which the wheel needs"
-    for local in (".venv/bin/python", "data/lookalike.db", ".git/HEAD", "search/_scan.cpython-311-x86_64-linux-gnu.so",
-                  "search/__pycache__/kernel.cpython-311.pyc", "tests/artifacts/page.png"):  # fmt: skip
+    local_state = (
+        ".venv/bin/python",
+        "data/lookalike.db",
+        ".git/HEAD",
+        "search/_scan.cpython-311-x86_64-linux-gnu.so",
+        "search/__pycache__/kernel.cpython-311.pyc",
+        "tests/artifacts/page.png",
+    )
+    for local in local_state:
         assert ignored(local, rules), f".dockerignore lets {local} into the build context"
 
 
@@ -92,7 +99,8 @@ def test_the_image_installs_pyprojects_pins() -> None:
         ("TORCHVISION_VERSION", "torchvision"),
         ("FAISS_VERSION", "faiss-gpu"),
     ):
-        assert args.get(arg) == pinned[package], f"ARG {arg}={args.get(arg)!r}, pyproject pins {package}=={pinned[package]}"  # fmt: skip
+        got = args.get(arg)
+        assert got == pinned[package], f"ARG {arg}={got!r}, pyproject pins {package}=={pinned[package]}"
     uv = re.search(r"^UV_VERSION\s*:=\s*(\S+)", (ROOT / "Makefile").read_text(), re.M)
     assert uv and f"UV_VERSION={uv.group(1)}" in text, "the image's uv is not the Makefile's"
     assert "[gpu]" in text, "the GPU variant does not install the `gpu` extra"
