@@ -202,8 +202,11 @@ def container_env(docs: tuple[Doc, ...], container: Doc) -> tuple[dict[str, str]
             plain[var["name"]] = var["value"]
         elif "secretKeyRef" in var.get("valueFrom", {}):
             secrets[var["name"]] = var["valueFrom"]["secretKeyRef"]["key"]
-    keep = lambda d: {k: v for k, v in d.items() if k.startswith("LOOKALIKE_")}  # noqa: E731
-    return keep(plain), keep(secrets)
+    return _settings_only(plain), _settings_only(secrets)
+
+
+def _settings_only(env: dict[str, str]) -> dict[str, str]:
+    return {k: v for k, v in env.items() if k.startswith("LOOKALIKE_")}
 
 
 def quantity(text: str | int | float) -> float:

@@ -23,7 +23,8 @@ pytestmark = [
 
 def _vectors(n: int = 20_000, dim: int = 64, seed: int = 0) -> np.ndarray:
     v = np.random.default_rng(seed).standard_normal((n, dim)).astype(np.float32)
-    return v / np.linalg.norm(v, axis=1, keepdims=True)
+    out: np.ndarray = v / np.linalg.norm(v, axis=1, keepdims=True)
+    return out
 
 
 @pytest.mark.parametrize("kind", ["ivf_flat", "ivf_pq"])

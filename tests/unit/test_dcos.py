@@ -35,7 +35,9 @@ def test_there_are_definitions() -> None:
 
 @pytest.mark.parametrize(("name", "cmd", "env"), _runs())
 def test_commands_and_settings_exist(name: str, cmd: str, env: dict[str, object]) -> None:
-    check_environment({k: v for k, v in env.items() if k not in ISSUE_15_VARIABLES})  # raises on unknown keys
+    check_environment(
+        {k: str(v) for k, v in env.items() if k not in ISSUE_15_VARIABLES}
+    )  # raises on unknown keys
     args = shlex.split(cmd)
     assert args[0] == "lookalike"
     if args[1] in ISSUE_15_COMMANDS:

@@ -18,7 +18,8 @@ GPU = Placement(2, "pretend: two GPUs seen")  # decisions taken before any GPU c
 
 def _vectors(n: int = 500, dim: int = 16, seed: int = 0) -> np.ndarray:
     v = np.random.default_rng(seed).standard_normal((n, dim)).astype(np.float32)
-    return v / np.linalg.norm(v, axis=1, keepdims=True)
+    out: np.ndarray = v / np.linalg.norm(v, axis=1, keepdims=True)
+    return out
 
 
 def _flat(v: np.ndarray) -> faiss.IndexFlatIP:

@@ -211,9 +211,10 @@ def test_keda_follows_the_workers_own_consumer_group(overlay: str) -> None:
     meta: dict[str, Any] = trigger["metadata"]
     assert trigger["type"] == "kafka" and set(meta) <= KEDA_KAFKA_METADATA, set(meta) - KEDA_KAFKA_METADATA
     prefix = "LOOKALIKE_KAFKA_"
-    kafka = KafkaSettings(
-        **{k.removeprefix(prefix).lower(): v for k, v in run.env.items() if k.startswith(prefix)}
-    )
+    fields: dict[str, Any] = {
+        k.removeprefix(prefix).lower(): v for k, v in run.env.items() if k.startswith(prefix)
+    }
+    kafka = KafkaSettings(**fields)
     assert meta["consumerGroup"] == kafka.extract_group(run.env["LOOKALIKE_MODEL_NAME"])
     assert meta["topic"] == kafka.images_topic
     assert meta["bootstrapServersFromEnv"] in run.env, (
