@@ -9,6 +9,7 @@ import numpy.typing as npt
 
 from analytics import definitions as d
 from analytics.pca import sample_rows
+from search import faiss_device
 
 F32 = npt.NDArray[np.float32]
 I32 = npt.NDArray[np.int32]
@@ -22,7 +23,7 @@ def spherical_kmeans(points: Vectors, k: int, iters: int, seed: int, redo: int =
     optima when the clusters are many and even; k-means++ spreads the seeds over them."""
     rows = sample_rows(len(points), 256 * k, seed)
     train = d.normalise_rows(np.asarray(points[rows], dtype=np.float32))
-    gpu = hasattr(faiss, "get_num_gpus") and faiss.get_num_gpus() > 0
+    gpu = faiss_device.kmeans_gpus()
     best, best_fit = np.zeros((0, train.shape[1]), np.float32), -np.inf
     for run in range(redo):
         rng = np.random.default_rng([seed, run])

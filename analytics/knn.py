@@ -23,6 +23,7 @@ import numpy.typing as npt
 
 from analytics import definitions as d
 from analytics.pca import sample_rows
+from search import faiss_device
 from search.scoring import group_starts
 
 F32 = npt.NDArray[np.float32]
@@ -37,15 +38,11 @@ class KnnGraph:
     method: str
 
 
-def _gpu(index: faiss.Index) -> faiss.Index:
-    if hasattr(faiss, "get_num_gpus") and faiss.get_num_gpus() > 0:
-        return faiss.index_cpu_to_all_gpus(index)
-    return index
-
-
 def candidate_index(
-    points: F32, method: str, exact_max: int, nprobe: int, seed: int
-) -> tuple[faiss.Index, str]:
+    points: F32, method: str, exact_max: int, nprobe: int, seed: int, max_k: int | None = None
+) -> tuple[faiss_device.Placed, str]:
+    """FAISS's candidates over ``points``, built on the CPU and then on the GPUs when there are
+    any (``search/faiss_device.py``); ``max_k``: the most a search asks for, if known."""
     n, dim = points.shape
     if method == "auto":
         method = "exact" if n <= exact_max else "ivf"
@@ -64,10 +61,8 @@ def candidate_index(
         index.nprobe = min(nlist, nprobe)
     else:
         raise ValueError(f"kNN method must be auto, exact, ivf or hnsw, got {method!r}")
-    if method != "hnsw":
-        index = _gpu(index)
     index.add(points)
-    return index, method
+    return faiss_device.place(index, f"the kNN candidates ({method})", max_k), method
 
 
 def rescore(vectors: Vectors, rows: I64, candidates: I64, chunk: int = 256) -> tuple[I64, F32]:
@@ -143,8 +138,8 @@ def build_graph(
             raise ValueError("the clusters kNN method needs the k-means labels and centroids")
         neighbours, sims = blocked_graph(vectors, labels, centroids, k, probes, cache_mb)
         return KnnGraph(neighbours, sims, f"clusters(probes={min(probes, len(centroids))})")
-    index, used = candidate_index(points, method, exact_max, nprobe, seed)
     want = min(n, 4 * k + 1)
+    index, used = candidate_index(points, method, exact_max, nprobe, seed, want)
     rows = np.arange(n, dtype=np.int64)
     neighbours = np.empty((n, k), dtype=np.int64)
     sims = np.empty((n, k), dtype=np.float32)

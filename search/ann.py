@@ -17,7 +17,7 @@ import numpy.typing as npt
 import torch
 
 from config.settings import SearchSettings
-from search import kernel
+from search import faiss_device, kernel
 
 log = logging.getLogger(__name__)
 ADD_ROWS = 8192  # rows widened to float32 at a time while adding
@@ -37,8 +37,9 @@ def nlist_for(rows: int, settings: SearchSettings) -> int:
     return max(1, min(wanted, rows // settings.train_rows_per_list or 1))
 
 
-def build(vectors: kernel.Vectors, settings: SearchSettings) -> faiss.Index:
-    """An ANN over ``vectors`` (rows, dim), ids = row numbers."""
+def build(vectors: kernel.Vectors, settings: SearchSettings) -> faiss_device.Placed:
+    """An ANN over ``vectors`` (rows, dim), ids = row numbers; on the GPUs when there are any
+    (``search/faiss_device.py``), a CPU copy kept for searches past FAISS's GPU limit of k."""
     rows, dim = vectors.shape
     index: faiss.Index = _empty(dim, rows, settings, vectors.dtype == np.float16)
     if not index.is_trained:
@@ -50,7 +51,7 @@ def build(vectors: kernel.Vectors, settings: SearchSettings) -> faiss.Index:
         index.add(kernel.widen(vectors[start : start + ADD_ROWS]))
     _set_search_params(index, settings)
     log.info("ann: %s over %d rows (%s)", settings.ann, rows, type(index).__name__)
-    return index
+    return faiss_device.place(index, f"the {settings.ann} ANN")
 
 
 def _empty(dim: int, rows: int, settings: SearchSettings, fp16: bool) -> Any:
@@ -82,7 +83,9 @@ def _set_search_params(index: Any, settings: SearchSettings) -> None:
         index.nprobe = settings.nprobe
 
 
-def propose(index: faiss.Index, queries: npt.NDArray[np.float32], candidates: int) -> npt.NDArray[np.int64]:
+def propose(
+    index: faiss_device.Placed, queries: npt.NDArray[np.float32], candidates: int
+) -> npt.NDArray[np.int64]:
     """(queries, candidates) main-segment rows the ANN finds closest; -1 where it has fewer."""
-    _, labels = index.search(np.ascontiguousarray(queries, dtype=np.float32), candidates)
+    _, labels = index.search(queries, candidates)
     return np.asarray(labels, dtype=np.int64)

@@ -161,7 +161,7 @@ class View:
     main: Segment
     main_alive: npt.NDArray[np.bool_]
     fresh: Segment
-    ann: Any  # faiss.Index over the main segment's rows, or None
+    ann: Any  # faiss_device.Placed: the ANN over the main segment's rows, or None
     order: I64  # live row -> position in [main rows; fresh rows]
     listing_rows: Ids = field(repr=False)
     image_ids: Ids = field(repr=False)
