@@ -105,6 +105,17 @@ def wait_page(page: Any, number: int) -> None:
     )
 
 
+def wait_back_on(page: Any, listing_id: str) -> None:
+    """Back on the catalogue, its page read again and the photo of ``listing_id`` focused."""
+    page.wait_for_function(
+        "id => !document.querySelector('#catalogue').hidden"
+        " && document.querySelector('#grid').getAttribute('aria-busy') === 'false'"
+        " && document.activeElement.closest('.tile')?.dataset.listingId === id",
+        arg=listing_id,
+        timeout=30_000,
+    )
+
+
 def wait_results(page: Any) -> None:
     page.wait_for_function(
         "document.querySelector('#results .card')"
@@ -182,12 +193,10 @@ def test_a_click_on_a_photo_searches_with_it(page, served: Served) -> None:  # t
     page.wait_for_load_state("networkidle")
     page.screenshot(path=str(ARTIFACTS / "page-catalogue-click.png"))
 
-    # Back: the same catalogue page, the clicked photo focused
+    # Back: the same catalogue page, read again, the clicked photo focused
     page.click("#back")
-    wait_page(page, 2)
-    assert page.is_visible("#catalogue") and page.is_hidden("#results")
-    focused = page.evaluate("document.activeElement.closest('.tile')?.dataset.listingId")
-    assert focused == pick["id"]
+    wait_back_on(page, pick["id"])
+    assert page.inner_text("#catalogue-where").startswith("Page 2:") and page.is_hidden("#results")
 
 
 def test_the_catalogue_by_keyboard_alone(page, served: Served) -> None:  # type: ignore[no-untyped-def]
@@ -209,9 +218,8 @@ def test_the_catalogue_by_keyboard_alone(page, served: Served) -> None:  # type:
     assert page.evaluate("document.activeElement.id") == "query-title"
     assert focused not in [c.get_attribute("data-listing-id") for c in page.locator("#results .card").all()]
     page.go_back()  # the browser's Back leaves the results for the catalogue
-    wait_page(page, 1)
+    wait_back_on(page, focused)
     assert page.is_hidden("#results")
-    assert page.evaluate("document.activeElement.closest('.tile')?.dataset.listingId") == focused
     page.keyboard.press("Shift+Tab")  # from the photo Back focused, back to the pager's Next
     assert page.evaluate("document.activeElement.id") == "next"
     page.keyboard.press("Enter")
