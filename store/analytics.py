@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from datetime import datetime
 from typing import Protocol
 
@@ -20,6 +20,7 @@ from schemas.analytics import (
     ClusterInfo,
     DuplicateGroup,
     ImageAnalysis,
+    ImageColumns,
     Neighbour,
     RunInfo,
     ScoredImage,
@@ -34,7 +35,9 @@ ANALYTICS_TABLES = (
     "analytics_assignments",
     "analytics_scores",
     "analytics_duplicates",
+    "analytics_cluster_central",
 )
+CENTRAL_KEPT = 12  # each cluster's most central members kept in analytics_cluster_central
 
 
 class AnalyticsStore(Protocol):
@@ -72,7 +75,14 @@ class AnalyticsStore(Protocol):
         """By cluster id."""
         ...
 
-    def cluster_members(self, run_id: uuid.UUID, cluster_id: int) -> list[uuid.UUID]: ...
+    def cluster_members(self, run_id: uuid.UUID, cluster_id: int) -> list[uuid.UUID]:
+        """Most similar to the centroid first (the medoid leads), ties by image id bytes."""
+        ...
+
+    def central_members(self, run_id: uuid.UUID, n: int) -> dict[int, list[uuid.UUID]]:
+        """Each cluster's ``n`` (at most ``CENTRAL_KEPT``) most central members, as
+        ``cluster_members`` orders them, in one read; runs written before these were kept give {}."""
+        ...
 
     def read_assignments(self, run_id: uuid.UUID, limit: int | None = None) -> list[ImageAnalysis]:
         """Per-image results (cluster, map position, scores), in no particular order."""
@@ -134,6 +144,23 @@ def run_from_fields(
     c: Mapping[str, int] = json.loads(counts or "{}")
     t: Mapping[str, float] = json.loads(timings or "{}")
     return RunInfo(run_id, model, p, started, finished, status, c, t, knn_recall)  # type: ignore[arg-type]
+
+
+def central_rows(images: ImageColumns, kept: int = CENTRAL_KEPT) -> Iterator[tuple[int, int, int]]:
+    """(cluster id, rank, row of ``images``) of each cluster's ``kept`` members most similar to
+    its centroid: similarity as stored (float32) descending, then image id bytes, the order
+    ``cluster_members`` reads back, so its first ``kept`` and these are the same images."""
+    if not len(images):
+        return
+    cluster = np.asarray(images.cluster)
+    order = np.lexsort(
+        (np.asarray(images.image_ids, dtype="S16"), -images.similarity.astype(np.float32), cluster)
+    )
+    sorted_clusters = cluster[order]
+    starts = np.flatnonzero(np.r_[True, sorted_clusters[1:] != sorted_clusters[:-1]])
+    rank = np.arange(len(order)) - np.repeat(starts, np.diff(np.r_[starts, len(order)]))
+    for at in np.flatnonzero(rank < kept):
+        yield int(sorted_clusters[at]), int(rank[at]), int(order[at])
 
 
 def bucket(image_id: bytes) -> int:

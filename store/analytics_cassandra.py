@@ -33,7 +33,9 @@ from schemas.analytics import (
     Thresholds,
 )
 from store.analytics import (
+    CENTRAL_KEPT,
     bucket,
+    central_rows,
     group_images_json,
     nearest_json,
     neighbours_json,
@@ -90,6 +92,11 @@ INSERT_MEMBER = (
 SELECT_MEMBERS = (
     "SELECT image_id, similarity FROM analytics_cluster_members WHERE run_id = ? AND cluster_id = ?"
 )
+INSERT_CENTRAL = (
+    "INSERT INTO analytics_cluster_central (run_id, cluster_id, rank, image_id, listing_id, similarity) "
+    "VALUES (?, ?, ?, ?, ?, ?)"
+)
+SELECT_CENTRAL = "SELECT cluster_id, rank, image_id FROM analytics_cluster_central WHERE run_id = ?"
 INSERT_SCORE = (
     "INSERT INTO analytics_scores (run_id, kind, score, image_id, listing_id, percentile, neighbours) "
     "VALUES (?, ?, ?, ?, ?, ?, ?)"
@@ -203,6 +210,13 @@ class CassandraAnalytics:
         )  # fmt: skip
         self._write_all(
             (
+                INSERT_CENTRAL,
+                (rid, c, rank, _uuid(img.image_ids[i]), _uuid(img.listing_ids[i]), f32(img.similarity[i])),
+            )
+            for c, rank, i in central_rows(img)
+        )
+        self._write_all(
+            (
                 INSERT_SCORE,
                 (rid, s.kind, f32(s.score), s.image_id, s.listing_id, f32(s.percentile),
                  neighbours_json(s.neighbours)),
@@ -271,6 +285,18 @@ class CassandraAnalytics:
     def cluster_members(self, run_id: uuid.UUID, cluster_id: int) -> list[uuid.UUID]:
         rows = self._cql.rows(SELECT_MEMBERS, (run_id, cluster_id))
         return [i for i, _ in sorted(rows, key=lambda r: (-float(r[1]), r[0].bytes))]
+
+    def central_members(self, run_id: uuid.UUID, n: int) -> dict[int, list[uuid.UUID]]:
+        """One partition, in clustering order (cluster_id, rank): every cluster's kept members."""
+        if not 0 <= n <= CENTRAL_KEPT:
+            raise ValueError(f"n must be in [0, {CENTRAL_KEPT}], got {n}")
+        found: dict[int, list[uuid.UUID]] = {}
+        if n == 0:
+            return found
+        for cluster_id, rank, image_id in self._cql.rows(SELECT_CENTRAL, (run_id,)):
+            if int(rank) < n:
+                found.setdefault(int(cluster_id), []).append(image_id)
+        return found
 
     def read_assignments(self, run_id: uuid.UUID, limit: int | None = None) -> list[ImageAnalysis]:
         """Every bucket read concurrently (a LIMIT on each when ``limit`` is given)."""

@@ -25,7 +25,9 @@ from schemas.analytics import (
     Thresholds,
 )
 from store.analytics import (
+    CENTRAL_KEPT,
     bucket,
+    central_rows,
     group_images_json,
     nearest_json,
     neighbours_json,
@@ -122,6 +124,14 @@ class SQLiteAnalytics:
                     (rid, int(img.cluster[i]), bytes(img.image_ids[i]).ljust(16, b"\0"),
                      bytes(img.listing_ids[i]).ljust(16, b"\0"), f32(img.similarity[i]))
                     for i in range(len(img))
+                ),
+            )  # fmt: skip
+            db.executemany(
+                "INSERT OR REPLACE INTO analytics_cluster_central VALUES (?, ?, ?, ?, ?, ?)",
+                (
+                    (rid, c, rank, bytes(img.image_ids[i]).ljust(16, b"\0"),
+                     bytes(img.listing_ids[i]).ljust(16, b"\0"), f32(img.similarity[i]))
+                    for c, rank, i in central_rows(img)
                 ),
             )  # fmt: skip
             db.executemany(
@@ -227,6 +237,20 @@ class SQLiteAnalytics:
                 (run_id.bytes, cluster_id),
             ).fetchall()
         return [uuid.UUID(bytes=r[0]) for r in rows]
+
+    def central_members(self, run_id: uuid.UUID, n: int) -> dict[int, list[uuid.UUID]]:
+        if not 0 <= n <= CENTRAL_KEPT:
+            raise ValueError(f"n must be in [0, {CENTRAL_KEPT}], got {n}")
+        with self._read() as db:
+            rows = db.execute(
+                "SELECT cluster_id, image_id FROM analytics_cluster_central WHERE run_id = ? AND rank < ?"
+                " ORDER BY cluster_id, rank",
+                (run_id.bytes, n),
+            ).fetchall()
+        found: dict[int, list[uuid.UUID]] = {}
+        for cluster_id, image_id in rows:
+            found.setdefault(int(cluster_id), []).append(uuid.UUID(bytes=image_id))
+        return found
 
     def read_assignments(self, run_id: uuid.UUID, limit: int | None = None) -> list[ImageAnalysis]:
         sql = f"SELECT {_IMAGE_COLUMNS} FROM analytics_assignments WHERE run_id = ?"

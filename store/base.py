@@ -131,6 +131,18 @@ class Store(Protocol):
 
     def listing_names(self, listing_ids: Sequence[uuid.UUID]) -> Mapping[uuid.UUID, str]: ...
 
+    def listings_page(self, limit: int, after: uuid.UUID | None = None) -> list[tuple[uuid.UUID, str]]:
+        """(listing id, name) of at most ``limit`` listings, the first ones after ``after`` (None:
+        from the start) in the backend's catalogue order: listing id bytes on SQLite, the token
+        ring on Cassandra (keyset paging; ``after`` need not exist any more). A page shorter than
+        ``limit`` is the last."""
+        ...
+
+    def listings_images(self, listing_ids: Sequence[uuid.UUID]) -> Mapping[uuid.UUID, list[ImageRecord]]:
+        """The images of many listings (one partition read each), each listing's ordered by image
+        id bytes; listings without images are absent."""
+        ...
+
     def put_stock(self, levels: Sequence[StockLevel]) -> None: ...
 
     def get_stock(self, listing_ids: Sequence[uuid.UUID]) -> Mapping[uuid.UUID, StockLevel]: ...

@@ -20,7 +20,7 @@ from schemas.records import Extracted, FeatureBatch, ImageRecord, ModelInfo, Sto
 from store import cassandra_schema
 from store.analytics_cassandra import CassandraAnalytics
 from store.base import QUERY_TTL_SECONDS, ResultRow, StoreError, check_table, f32, matches_json, parse_matches
-from store.cassandra_scan import TokenRange, ordered_parallel, shard_ranges
+from store.cassandra_scan import TokenRange, ordered_parallel, ring_page, shard_ranges, token_of
 from store.cassandra_schema import utc
 from store.cassandra_session import CqlSession, Row
 from store.cassandra_url import parse_url
@@ -72,6 +72,10 @@ SCAN_FEATURES = (
     "WHERE token(listing_id) > ? AND token(listing_id) <= ? AND model = ? ALLOW FILTERING"
 )
 SELECT_LISTING_NAME = "SELECT listing_id, name FROM listings WHERE listing_id = ?"
+# the catalogue in ring order, from a token on (keyset paging: see cassandra_scan.ring_page)
+SELECT_LISTINGS_FROM = (
+    "SELECT token(listing_id), listing_id, name FROM listings WHERE token(listing_id) >= ? LIMIT ?"
+)
 INSERT_STOCK = "INSERT INTO stock_level (listing_id, inventory, etag) VALUES (?, ?, ?)"
 SELECT_STOCK = "SELECT listing_id, inventory, etag FROM stock_level WHERE listing_id = ?"
 SELECT_ALL_STOCK = "SELECT listing_id, inventory, etag FROM stock_level"
@@ -202,10 +206,7 @@ class CassandraStore(CassandraAnalytics):
         splits = self.settings.scan_splits or max(8, 4 * self._cql.host_count())
         ranges = shard_ranges(shard, shards, max(1, -(-splits // shards)))
         self._cql.prepare(SCAN_FEATURES)  # fail here, not in a reader thread
-        if not self._cql.partitioner().endswith("Murmur3Partitioner"):
-            raise StoreError(
-                f"scans split the Murmur3 token ring; this cluster uses {self._cql.partitioner()!r}"
-            )
+        self._require_murmur3("scans split")
 
         def read(token_range: TokenRange) -> Iterator[list[Row]]:
             return self._cql.pages(SCAN_FEATURES, (*token_range, model.name))
@@ -275,6 +276,32 @@ class CassandraStore(CassandraAnalytics):
         ids = list(dict.fromkeys(listing_ids))
         results = self._cql.execute_many([(SELECT_LISTING_NAME, (i,)) for i in ids], write=False)
         return {row[0]: row[1] for rs in results if (row := rs.one())}
+
+    def listings_page(self, limit: int, after: uuid.UUID | None = None) -> list[tuple[uuid.UUID, str]]:
+        """Keyset paging on the token ring: one token-range read of ``listings`` (``limit`` + 1
+        rows, the cursor's own included), the order Cassandra keeps partitions in."""
+        self._require_murmur3("catalogue pages follow")
+
+        def read(token: int, n: int) -> list[Row]:
+            return self._cql.rows(SELECT_LISTINGS_FROM, (token, n))
+
+        cursor = None if after is None else (token_of(after.bytes), after.bytes)
+        rows = ring_page(read, limit, cursor)
+        return [(row[1], row[2] or "") for row in rows]
+
+    def listings_images(self, listing_ids: Sequence[uuid.UUID]) -> Mapping[uuid.UUID, list[ImageRecord]]:
+        """One partition read per listing, concurrently (at most ``concurrency`` in flight)."""
+        ids = list(dict.fromkeys(listing_ids))
+        results = self._cql.execute_many([(SELECT_LISTING_IMAGES, (i,)) for i in ids], write=False)
+        found = {
+            lid: sorted((_image(r) for r in rs), key=lambda i: i.image_id.bytes)
+            for lid, rs in zip(ids, results, strict=True)
+        }
+        return {lid: images for lid, images in found.items() if images}
+
+    def _require_murmur3(self, what: str) -> None:
+        if not self._cql.partitioner().endswith("Murmur3Partitioner"):
+            raise StoreError(f"{what} the Murmur3 token ring; this cluster uses {self._cql.partitioner()!r}")
 
     # -- stock ----------------------------------------------------------------------------
     def put_stock(self, levels: Sequence[StockLevel]) -> None:

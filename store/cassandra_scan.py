@@ -5,6 +5,9 @@ connector reads it. Shard bounds run from ``MIN_TOKEN`` to ``MAX_TOKEN``; ``MIN_
 itself is never a partition's token (Murmur3Partitioner maps it to ``MAX_TOKEN``, and so
 does the driver's ``Murmur3Token.hash_fn``), so the ranges hold every partition exactly once.
 A partition has one token, so a listing never spans two ranges.
+
+:func:`ring_page` pages through a table's partitions in ring order (keyset paging on the token,
+as a browse of the catalogue does).
 """
 
 from __future__ import annotations
@@ -12,9 +15,11 @@ from __future__ import annotations
 import itertools
 import queue
 import threading
-from collections.abc import Callable, Generator, Iterable
+from collections.abc import Callable, Generator, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import TypeVar, cast
+from typing import Any, TypeVar, cast
+
+from cassandra.metadata import Murmur3Token
 
 MIN_TOKEN = -(2**63)
 MAX_TOKEN = 2**63 - 1
@@ -41,6 +46,42 @@ def shard_ranges(shard: int, shards: int, splits: int = 1) -> list[TokenRange]:
 def in_range(token: int, token_range: TokenRange) -> bool:
     lo, hi = token_range
     return lo < token <= hi
+
+
+def token_of(key: bytes) -> int:
+    """The Murmur3 token of a partition key's serialised bytes (a ``uuid`` key: its 16 bytes)."""
+    return int(Murmur3Token.hash_fn(key))
+
+
+def _ring_key(row: Sequence[Any]) -> tuple[int, bytes]:
+    return int(row[0]), bytes(row[1].bytes)
+
+
+def ring_page(
+    read: Callable[[int, int], Sequence[Sequence[Any]]], limit: int, after: tuple[int, bytes] | None
+) -> list[Sequence[Any]]:
+    """The first ``limit`` partitions after ``after`` = (token, key bytes) (None: from the
+    start), in ring order: Cassandra's order of partitions, by token, then by key bytes where
+    two keys share a token. The partition ``after`` names need not exist any more.
+
+    ``read(token, n)`` gives at most ``n`` rows ``(token, uuid key, ...)`` whose token is at
+    least ``token``, in ring order (``WHERE token(k) >= ? LIMIT ?``). CQL bounds only the
+    token, so the rows of the cursor's own token up to the cursor itself are read again and
+    dropped; should they fill a whole read (keys sharing one token), the next read is doubled."""
+    if limit < 1:
+        raise ValueError(f"limit must be >= 1, got {limit}")
+    cursor = (MIN_TOKEN, b"") if after is None else after
+    found: list[Sequence[Any]] = []
+    ask = limit + 1  # one more: the cursor's own row, when it still exists
+    while len(found) < limit:
+        rows = read(cursor[0], ask)
+        found.extend(row for row in rows if _ring_key(row) > cursor)
+        if len(rows) < ask:
+            break  # the end of the ring
+        last = _ring_key(rows[-1])
+        ask = ask * 2 if last <= cursor else limit - len(found) + 1
+        cursor = max(cursor, last)
+    return found[:limit]
 
 
 class _Failed:

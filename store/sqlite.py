@@ -321,6 +321,27 @@ class SQLiteStore(SQLiteAnalytics):
             for k, v in self._select_in("SELECT listing_id, name FROM listings", listing_ids)
         }
 
+    def listings_page(self, limit: int, after: uuid.UUID | None = None) -> list[tuple[uuid.UUID, str]]:
+        """One primary-key range of ``listings``: keyset paging by id bytes."""
+        if limit < 1:
+            raise ValueError(f"limit must be >= 1, got {limit}")
+        with self._read() as db:
+            rows = db.execute(
+                "SELECT listing_id, name FROM listings WHERE listing_id > ? ORDER BY listing_id LIMIT ?",
+                (b"" if after is None else after.bytes, limit),
+            ).fetchall()
+        return [(uuid.UUID(bytes=lid), name or "") for lid, name in rows]
+
+    def listings_images(self, listing_ids: Sequence[uuid.UUID]) -> Mapping[uuid.UUID, list[ImageRecord]]:
+        found: dict[uuid.UUID, list[ImageRecord]] = {}
+        select = f"SELECT {_IMAGE_COLUMNS} FROM images i"
+        for row in sorted(
+            self._select_in(select, list(dict.fromkeys(listing_ids))), key=lambda r: (r[0], r[1])
+        ):
+            image = _image(row)
+            found.setdefault(image.listing_id, []).append(image)
+        return found
+
     # -- stock ----------------------------------------------------------------------------
     def put_stock(self, levels: Sequence[StockLevel]) -> None:
         with self._write() as db:

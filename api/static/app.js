@@ -1,4 +1,5 @@
-// Lookalike web page: upload a photo (or click a result) and show similar listings.
+// Lookalike web page: click a photo of the catalogue (catalogue.js), upload a photo, or click a
+// result, and show the listings that look like it.
 "use strict";
 const $ = (id) => document.getElementById(id);
 const drop = $("drop"), file = $("file"), statusLine = $("status"), results = $("results");
@@ -31,7 +32,89 @@ async function loadModels() {
 }
 loadModels();
 
+// ---- Two views: the catalogue (the first screen), or a search's query and results. Entering ----
+// ---- the results is a history entry, so the browser's Back returns to the catalogue.        ----
+function showView(view) {
+  const toResults = view === "results";
+  if (toResults && $("results").hidden && history.state?.view !== "results") {
+    history.pushState({ view: "results" }, "");
+  }
+  $("catalogue").hidden = toResults;
+  $("query").hidden = $("results").hidden = !toResults;
+  if (!toResults) {
+    statusLine.textContent = "";
+    window.dispatchEvent(new Event("lookalike:catalogue"));  // catalogue.js refreshes its page
+  }
+}
+
+window.addEventListener("popstate", (e) => showView(e.state?.view === "results" ? "results" : "catalogue"));
+$("back").addEventListener("click", () => {
+  if (history.state?.view === "results") history.back();  // popstate shows the catalogue
+  else showView("catalogue");
+});
+
+// ---- What was searched with. For a photo of a listing, the listing itself (name, stock, its  ----
+// ---- photos) is shown here, as the query: a search by image leaves the image's own listing   ----
+// ---- out of the ranking (it would come first with the very photo, taking a place of k), so  ----
+// ---- the visitor sees what they clicked beside what else looks like it.                       ----
+let shownQuery = 0;
+
+function queryPanel(src, title) {
+  const img = document.createElement("img");
+  img.src = src;
+  img.alt = "the photo searched with";
+  img.className = "query-photo";
+  img.addEventListener("error", () => { img.src = NO_PREVIEW; }, { once: true });
+  const heading = document.createElement("h2");
+  heading.id = "query-title";
+  heading.tabIndex = -1;  // focus lands here as a search starts (the clicked photo is hidden)
+  heading.textContent = title;
+  const text = document.createElement("div");
+  text.className = "query-text";
+  text.append(heading);
+  $("query-body").replaceChildren(img, text);
+  shownQuery += 1;
+  return text;
+}
+
+async function showQueryListing(imageId, listingId) {
+  const text = queryPanel(`/v1/images/${imageId}/thumbnail?size=320`, "Listings that look like this photo");
+  const mine = shownQuery;
+  $("query-body").dataset.imageId = imageId;
+  $("query-body").dataset.listingId = listingId || "";
+  if (!listingId) return;
+  const response = await fetch(`/v1/listings/${listingId}`, withKey({}));
+  if (!response.ok || mine !== shownQuery) return;  // unknown, or a newer search took the panel
+  const listing = await response.json();
+  const name = listing.listing_name || listingId.slice(0, 8);
+  text.querySelector("h2").textContent = `Listings that look like “${name}”`;
+  const n = listing.images.length;
+  const note = document.createElement("p");
+  note.className = "note";
+  note.append(badge(listing.inventory),
+    ` ${n} photo${n === 1 ? "" : "s"}; the one searched with is outlined. ` +
+    "Its own listing is left out of the results below.");
+  const photos = document.createElement("div");
+  photos.className = "thumbs";
+  photos.append(...listing.images.map((i) => {
+    const b = document.createElement("button");
+    b.type = "button";
+    b.className = i.image_id === imageId ? "current" : "";
+    b.setAttribute("aria-label", `search with photo ${i.image_id.slice(0, 8)} of ${name}`);
+    const img = document.createElement("img");
+    img.src = `${i.thumbnail}?size=96`;
+    img.alt = "";
+    img.loading = "lazy";
+    img.addEventListener("error", () => { img.src = NO_PREVIEW; }, { once: true });
+    b.append(img);
+    b.addEventListener("click", () => searchImage(i.image_id, listingId));
+    return b;
+  }));
+  text.append(note, photos);
+}
+
 async function run(path, request, label) {
+  showView("results");
   statusLine.textContent = `Searching ${label}…`;
   const started = performance.now();
   const response = await fetch(path, withKey(request));
@@ -46,17 +129,22 @@ async function run(path, request, label) {
 }
 
 function searchFile(f) {
-  $("preview").src = URL.createObjectURL(f);
+  queryPanel(URL.createObjectURL(f), `Listings that look like your photo (${f.name})`);
+  $("query-body").dataset.imageId = $("query-body").dataset.listingId = "";
   const form = new FormData();
   form.append("image", f);
   for (const [k, v] of Object.entries(options())) form.append(k, String(v));
   run("/v1/search/image", { method: "POST", body: form }, f.name);
 }
 
-function searchImage(imageId) {
-  $("preview").src = `/v1/images/${imageId}/content`;
-  run("/v1/search", { method: "POST", headers: { "content-type": "application/json" },
-        body: JSON.stringify({ image_id: imageId, ...options() }) }, "from a result");
+// A search by an indexed image (a photo of the catalogue, of a result, or just added); its own
+// listing, when known, is shown as the query.
+function searchImage(imageId, listingId) {
+  showQueryListing(imageId, listingId);
+  const searching = run("/v1/search", { method: "POST", headers: { "content-type": "application/json" },
+        body: JSON.stringify({ image_id: imageId, ...options() }) }, "from this photo");
+  $("query-title").focus();  // the clicked photo is hidden now: focus goes to what was searched
+  return searching;
 }
 
 function badge(inventory) {
@@ -67,13 +155,14 @@ function badge(inventory) {
   return b;
 }
 
-function thumb(match, cls) {
+function thumb(match, cls, listingId) {
   const img = document.createElement("img");
   img.src = `/v1/images/${match.image_id}/thumbnail?size=${cls === "main" ? 320 : 96}`;
+  if (cls !== "main") img.loading = "lazy";
   img.alt = `image ${match.image_id.slice(0, 8)}, score ${match.score.toFixed(3)}`;
   img.title = `score ${match.score.toFixed(3)}: click to search from this image`;
   img.className = cls;
-  img.addEventListener("click", () => searchImage(match.image_id));
+  img.addEventListener("click", () => searchImage(match.image_id, listingId));
   img.addEventListener("error", () => { img.src = NO_PREVIEW; }, { once: true });
   return img;
 }
@@ -93,14 +182,13 @@ function render(listings) {
     score.textContent = r.score.toFixed(3);
     const thumbs = document.createElement("div");
     thumbs.className = "thumbs";
-    thumbs.append(...r.images.map((m) => thumb(m, "")));
+    thumbs.append(...r.images.map((m) => thumb(m, "", r.listing_id)));
     body.append(title, score, badge(r.inventory), thumbs);
-    card.append(thumb(r.images[0], "main"), body);
+    card.append(thumb(r.images[0], "main", r.listing_id), body);
     return card;
   }));
 }
 
-$("preview").addEventListener("error", () => $("preview").removeAttribute("src"));
 file.addEventListener("change", () => file.files[0] && searchFile(file.files[0]));
 drop.addEventListener("dragover", (e) => { e.preventDefault(); drop.classList.add("over"); });
 drop.addEventListener("dragleave", () => drop.classList.remove("over"));
@@ -181,8 +269,8 @@ async function addPhoto(event) {
     addStatus(`Added to “${listing}”: searchable ${seconds} s after the upload.`);
     const local = URL.createObjectURL(f);
     await showAdded(body.listing_id, body.image_id, local);
-    searchImage(body.image_id);  // listings like it (its own listing left out)
-    $("preview").src = local;
+    searchImage(body.image_id, body.listing_id);  // listings like it (its own listing left out)
+    document.querySelector(".query-photo").src = local;  // the server may not keep its pixels yet
   } catch (error) {
     addStatus(`Not added: ${error}`);
   } finally {
@@ -227,7 +315,7 @@ async function showAdded(listingId, imageId, localUrl) {
     img.dataset.imageId = i.image_id;
     // The server may not keep uploads' pixels yet: the new photo falls back to the local file.
     img.addEventListener("error", () => { img.src = isNew ? localUrl : NO_PREVIEW; }, { once: true });
-    img.addEventListener("click", () => searchImage(i.image_id));
+    img.addEventListener("click", () => searchImage(i.image_id, listingId));
     return img;
   }));
   body.append(title, badge(listing.inventory), thumbs);

@@ -244,13 +244,26 @@ function showTab(name) {
   if (name === "duplicates" && !$("tab-duplicates").dataset.loaded) loadDuplicates();
 }
 
+// Each cluster beside its size, shown by its most central images (the medoid first): lazy
+// thumbnails, so a run of hundreds of clusters loads only the rows scrolled to.
+const CENTRAL = 6;
+
+function clusterRow(c) {
+  const strip = el("span", { class: "strip" }, ...c.central.map((id, i) => el("img", {
+    src: thumb(id), alt: "", loading: "lazy", decoding: "async", dataset: { imageId: id },
+    class: i === 0 ? "medoid" : "" })));
+  const open = el("button", {
+    type: "button", class: "cluster", title: `cohesion ${c.cohesion.toFixed(3)}`,
+    "aria-label": `cluster ${c.cluster_id}: ${c.size} images; open its gallery`, onclick: () => openCluster(c),
+  }, el("span", { class: "swatch", style: `background:${cssColour(c.cluster_id)}` }),
+     el("span", { class: "name" }, `${c.cluster_id}`),
+     el("span", { class: "size" }, `${c.size.toLocaleString()} images`), strip);
+  return el("li", { dataset: { clusterId: c.cluster_id } }, open);
+}
+
 async function loadClusters() {
-  const body = await getJSON("/v1/analytics/clusters");
-  const list = $("cluster-list");
-  list.replaceChildren(...body.clusters.map((c) => el("li", {
-    dataset: { clusterId: c.cluster_id }, title: `cohesion ${c.cohesion.toFixed(3)}`,
-    onclick: () => openCluster(c),
-  }, el("span", { class: "swatch", style: `background:${cssColour(c.cluster_id)}` }), `${c.cluster_id} · ${c.size}`)));
+  const body = await getJSON(`/v1/analytics/clusters?central=${CENTRAL}`);
+  $("cluster-list").replaceChildren(...body.clusters.map(clusterRow));
 }
 
 async function openCluster(c, offset = 0) {

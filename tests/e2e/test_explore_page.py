@@ -15,6 +15,7 @@ import pytest
 from api.app import create_app
 from api.deps import Components
 from config.settings import ApiSettings
+from schemas.records import as_uuid
 from store.sqlite import SQLiteStore
 from tests.e2e.browser import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, serving
 from tests.integration.analytics_seed import Seeded, seed_store, service
@@ -91,8 +92,29 @@ def test_map_hover_click_and_galleries(page, served: tuple[str, Seeded]) -> None
     assert str(misfit.image_id) in marked
     page.screenshot(path=str(ARTIFACTS / "explore-listing-misfit.png"))
 
-    # a cluster's gallery starts at its medoid
+    # each cluster beside its size, shown by its most central images, the medoid first
     page.click("#tabs [data-tab=clusters]")
+    rows = page.locator("#cluster-list li")
+    assert rows.count() == len(r.clusters)
+    for c, row in zip(r.clusters, rows.all(), strict=True):
+        assert row.get_attribute("data-cluster-id") == str(c.cluster_id)
+        assert row.locator(".size").inner_text() == f"{c.size} images"
+        strip = row.locator(".strip img").evaluate_all("els => els.map(e => e.dataset.imageId)")
+        members = sorted(
+            (i for i in range(len(r.images)) if r.images.cluster[i] == c.cluster_id),
+            key=lambda i: (-float(r.images.similarity[i]), bytes(r.images.image_ids[i]).ljust(16, b"\0")),
+        )
+        assert strip == [str(as_uuid(r.images.image_ids[i])) for i in members[:6]]
+        assert strip[0] == str(c.medoid_image_id)
+    page.wait_for_function(
+        "[...document.querySelectorAll('#cluster-list .strip img')]"
+        ".every(i => i.complete && i.naturalWidth > 0)",
+        timeout=30_000,
+    )
+    assert page.locator("#cluster-list .strip img[loading=lazy]").count() == 6 * len(r.clusters)
+    page.locator("#tab-clusters").screenshot(path=str(ARTIFACTS / "explore-clusters.png"))
+
+    # a cluster's gallery starts at its medoid
     first = r.clusters[0]
     page.click(f"#cluster-list li[data-cluster-id='{first.cluster_id}']")
     page.wait_for_selector("#cluster-gallery figure", timeout=10_000)

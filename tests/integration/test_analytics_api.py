@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -66,9 +67,31 @@ def test_clusters_and_paged_members(client: TestClient) -> None:
     assert client.get(f"/v1/analytics/clusters/0/members?run={body['run_id']}").status_code == 200
 
 
+def test_clusters_with_their_most_central_images(client: TestClient) -> None:
+    assert all(c["central"] == [] for c in client.get("/v1/analytics/clusters").json()["clusters"])
+    body = client.get("/v1/analytics/clusters?central=5").json()
+    for c in body["clusters"]:
+        members = client.get(f"/v1/analytics/clusters/{c['cluster_id']}/members?limit=5").json()["members"]
+        assert c["central"] == members and c["central"][0] == c["medoid_image_id"]
+
+
+def test_clusters_of_a_run_kept_before_the_strips_read_them_from_the_members(tmp_path: Path) -> None:
+    store = SQLiteStore(f"sqlite:///{tmp_path / 'old.db'}")
+    store.apply_schema()
+    seed_store(store, None, n=200, clusters=3)
+    with sqlite3.connect(tmp_path / "old.db") as db:  # as a run written before migration 003
+        db.execute("DELETE FROM analytics_cluster_central")
+    with TestClient(create_app(ApiSettings(), Components(service(store)))) as c:
+        for cluster in c.get("/v1/analytics/clusters?central=4").json()["clusters"]:
+            members = c.get(f"/v1/analytics/clusters/{cluster['cluster_id']}/members?limit=4").json()
+            assert cluster["central"] == members["members"]
+    store.close()
+
+
 @pytest.mark.parametrize(
     ("url", "status", "says"),
     [
+        ("/v1/analytics/clusters?central=13", 422, "less than or equal to 12"),
         ("/v1/analytics/clusters/0/members?offset=-1", 422, "greater than or equal to 0"),
         ("/v1/analytics/clusters/0/members?limit=0", 422, "greater than or equal to 1"),
         ("/v1/analytics/clusters/0/members?offset=100000", 400, "past the cluster's"),

@@ -5,6 +5,7 @@ previous one served; what was written reads back."""
 from __future__ import annotations
 
 import dataclasses
+import uuid
 from typing import cast
 
 import numpy as np
@@ -16,7 +17,7 @@ from analytics.synthetic import planted_catalogue
 from config.settings import AnalyticsSettings
 from schemas.records import utcnow
 from store import Store
-from store.analytics import AnalyticsStore
+from store.analytics import CENTRAL_KEPT, AnalyticsStore
 
 pytestmark = pytest.mark.integration
 
@@ -75,3 +76,23 @@ def test_run_lifecycle_and_reads(any_store: Store) -> None:
 
     with pytest.raises(StoreError, match="not a running run"):
         sqlite_store.complete_run(second.run, second.centroids, second.thresholds)
+
+
+def test_central_members_are_the_first_of_each_clusters_members(any_store: Store) -> None:
+    analytics = cast(AnalyticsStore, any_store)
+    result = _result(3)
+    analytics.start_run(result.run)
+    analytics.write_result(result)
+    run_id = result.run.run_id
+    clusters = analytics.read_clusters(run_id)
+    members = {c.cluster_id: analytics.cluster_members(run_id, c.cluster_id) for c in clusters}
+    assert min(len(m) for m in members.values()) > CENTRAL_KEPT  # every strip is cut, not whole
+
+    for n in (1, 5, CENTRAL_KEPT):
+        strips = analytics.central_members(run_id, n)
+        assert strips == {c: m[:n] for c, m in members.items()}, n
+    assert all(analytics.central_members(run_id, 1)[c.cluster_id] == [c.medoid_image_id] for c in clusters)
+    assert analytics.central_members(run_id, 0) == {}
+    assert analytics.central_members(uuid.UUID(int=0), 3) == {}  # an unknown run
+    with pytest.raises(ValueError, match="n must be"):
+        analytics.central_members(run_id, CENTRAL_KEPT + 1)

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 import pytest
+from cassandra.cqltypes import UUIDType
 from cassandra.metadata import Murmur3Token
 from pydantic import ValidationError
 
@@ -29,7 +30,7 @@ from schemas import codec
 from schemas.records import Extracted, FeatureBatch, ImageRecord, ModelInfo, StockLevel
 from store import ResultRow, Store, StoreError, StoreUnavailable, open_store
 from store.cassandra import CassandraStore
-from store.cassandra_scan import MAX_TOKEN, MIN_TOKEN, in_range, shard_ranges
+from store.cassandra_scan import MAX_TOKEN, MIN_TOKEN, in_range, ring_page, shard_ranges, token_of
 from store.cassandra_url import parse_url
 from store.migrations import load_migrations, split_statements
 from tests.conftest import CASSANDRA_ENV, SKIP_CASSANDRA
@@ -274,6 +275,80 @@ def test_existing_images_per_model(store: Store) -> None:
     assert store.existing_images([*known, unknown], model.name) == set(known)
     assert store.existing_images([*known, unknown], other.name) == set()
     assert store.existing_images([], model.name) == set()
+
+
+# -- the catalogue, page by page ------------------------------------------------------------
+def catalogue_order(store: Store) -> Callable[[uuid.UUID], tuple[int, bytes]]:
+    """The order a backend pages listings in: id bytes (SQLite), the token ring (Cassandra)."""
+    if isinstance(store, CassandraStore):
+        return lambda i: (token_of(i.bytes), i.bytes)
+    return lambda i: (0, i.bytes)
+
+
+def walk(store: Store, limit: int, after: uuid.UUID | None = None) -> list[list[tuple[uuid.UUID, str]]]:
+    pages = []
+    while True:
+        pages.append(store.listings_page(limit, after))
+        if len(pages[-1]) < limit:
+            return pages
+        after = pages[-1][-1][0]
+
+
+def test_listings_page_walks_the_catalogue_once_in_order(store: Store) -> None:
+    model = new_model()
+    batch = extracted(model, [1] * 22 + [3, 2], name="walked")
+    store.write_extracted(batch, model.dtype)
+    mine = {e.image.listing_id: e.listing_name for e in batch}
+
+    pages = walk(store, 5)
+    listed = [lid for page in pages for lid, _ in page]
+
+    assert all(len(page) == 5 for page in pages[:-1]) and len(pages[-1]) < 5
+    assert len(listed) == len(set(listed)), "a listing on two pages"
+    assert listed == sorted(listed, key=catalogue_order(store)), "pages out of order"
+    assert {lid: name for page in pages for lid, name in page if lid in mine} == mine
+    assert [lid for page in walk(store, 7) for lid, _ in page] == listed  # any page size
+    assert [lid for lid, _ in store.listings_page(len(listed) + 10)] == listed
+    with pytest.raises(ValueError, match="limit"):
+        store.listings_page(0)
+
+
+def test_listings_page_goes_on_after_a_listing_removed_meanwhile(store: Store) -> None:
+    model = new_model()
+    batch = extracted(model, [1] * 12, name="removed")
+    store.write_extracted(batch, model.dtype)
+    listed = [lid for page in walk(store, 50) for lid, _ in page]
+    mine = [lid for lid in listed if lid in {e.image.listing_id for e in batch}]
+    cursor = mine[5]
+
+    store.delete_listing(cursor)
+
+    at = listed.index(cursor)
+    assert [lid for lid, _ in store.listings_page(4, cursor)] == listed[at + 1 : at + 5]
+    assert cursor not in [lid for page in walk(store, 3) for lid, _ in page]
+
+
+def test_listings_images_of_many_listings_by_image_id(store: Store) -> None:
+    model = new_model()
+    batch = extracted(model, [3, 1, 2])
+    store.write_extracted(batch, model.dtype)
+    first, _, third = dict.fromkeys(e.image.listing_id for e in batch)
+    unknown = uuid.uuid4()
+
+    found = store.listings_images([third, first, unknown, first])
+
+    def own(listing: uuid.UUID) -> list[tuple[uuid.UUID, str]]:
+        images = sorted(
+            (e.image for e in batch if e.image.listing_id == listing), key=lambda i: i.image_id.bytes
+        )
+        return [(i.image_id, i.uri) for i in images]
+
+    assert set(found) == {first, third}
+    assert {lid: [(i.image_id, i.uri) for i in images] for lid, images in found.items()} == {
+        first: own(first),
+        third: own(third),
+    }
+    assert dict(store.listings_images([])) == {}
 
 
 # -- removals ------------------------------------------------------------------------------
@@ -532,6 +607,40 @@ def test_cassandra_shard_ranges_cover_the_ring_once() -> None:
     assert Murmur3Token.hash_fn(b"") != MIN_TOKEN  # MIN_TOKEN is never a partition's token
     with pytest.raises(ValueError):
         shard_ranges(2, 2)
+
+
+@pytest.mark.parametrize("limit", [1, 2, 3, 5, 40])
+def test_ring_pages_are_exact_where_keys_share_a_token(limit: int) -> None:
+    """A fake ring (a cluster cannot be made to collide on a 64-bit token): runs of keys that
+    share a token, some longer than a page, are each listed once, in ring order."""
+    rng = random.Random(limit)
+    tokens = [MIN_TOKEN + 1, -5, -5, 0, 0, 0, 0, 0, 0, 0, 7, 7, MAX_TOKEN] + [
+        rng.randint(-99, 99) for _ in range(20)
+    ]
+    ring = sorted(
+        ((t, uuid.UUID(int=rng.getrandbits(128)), "") for t in tokens), key=lambda r: (r[0], r[1].bytes)
+    )
+    reads: list[int] = []
+
+    def read(token: int, n: int) -> list[tuple[int, uuid.UUID, str]]:
+        reads.append(n)
+        return [r for r in ring if r[0] >= token][:n]
+
+    listed, after = [], None
+    while True:
+        page = ring_page(read, limit, after)
+        listed.extend(page)
+        if len(page) < limit:
+            break
+        after = (page[-1][0], page[-1][1].bytes)
+    assert listed == ring
+    assert max(reads) <= 2 * max(limit + 1, 8), "reads grow only while keys share a token"
+    # a cursor whose partition is gone: the pages go on from where it was
+    gone = ring[10]
+    assert ring_page(read, 3, (gone[0], gone[1].bytes)) == ring[11:14]
+    # a uuid partition key is routed by its 16 bytes: the token the driver routes it by
+    key = uuid.uuid4()
+    assert token_of(key.bytes) == Murmur3Token.from_key(UUIDType.serialize(key, 4)).value
 
 
 def test_cql_files_split_into_statements() -> None:

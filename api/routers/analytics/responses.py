@@ -45,6 +45,10 @@ class ClusterOut(BaseModel):
     cohesion: float = Field(description="mean cosine similarity of the members to the centroid")
     medoid_image_id: uuid.UUID
     nearest: list[NearestOut]
+    central: list[uuid.UUID] = Field(
+        default_factory=list,
+        description="its `central` most central members (`clusters?central=N`), the medoid first",
+    )
 
 
 class ClustersOut(BaseModel):

@@ -34,7 +34,7 @@ from schemas.records import FeatureBatch, id_array
 from search.engine import UnknownId
 from search.tier import SearchIndex
 from store import Store
-from store.analytics import AnalyticsStore
+from store.analytics import CENTRAL_KEPT, AnalyticsStore
 
 router = APIRouter(prefix="/analytics", tags=["analytics"], dependencies=[Depends(read_access)])
 RunParam = Annotated[uuid.UUID | None, Query(description="a complete run's id; default: the served run")]
@@ -80,11 +80,28 @@ def run_info(run_id: uuid.UUID, analytics: AnalyticsDep) -> RunOut:
 
 
 @router.get("/clusters", response_model=ClustersOut)
-def clusters(analytics: AnalyticsDep, index: IndexDep, run: RunParam = None) -> ClustersOut:
-    """A run's clusters by id: size, cohesion, medoid image, nearest clusters."""
+def clusters(
+    analytics: AnalyticsDep,
+    index: IndexDep,
+    run: RunParam = None,
+    central: Annotated[
+        int, Query(ge=0, le=CENTRAL_KEPT, description="most central members listed per cluster")
+    ] = 0,
+) -> ClustersOut:
+    """A run's clusters by id: size, cohesion, medoid image, nearest clusters and, with
+    ``central``, the images that show each at a glance (most similar to its centroid first)."""
     info = resolve_run(analytics, index, run)
     found = analytics.read_clusters(info.run_id)
-    return ClustersOut(run_id=info.run_id, clusters=[ClusterOut.model_validate(c.as_json()) for c in found])
+    strips = analytics.central_members(info.run_id, central) if central else {}
+    out = []
+    for c in found:
+        row = ClusterOut.model_validate(c.as_json())
+        if central:  # a run written before the strips were kept: read from its members
+            row.central = (
+                strips.get(c.cluster_id) or analytics.cluster_members(info.run_id, c.cluster_id)[:central]
+            )
+        out.append(row)
+    return ClustersOut(run_id=info.run_id, clusters=out)
 
 
 @router.get("/clusters/{cluster_id}/members", response_model=MembersOut)

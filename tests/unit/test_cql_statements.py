@@ -1,20 +1,24 @@
-"""The Cassandra analytics statements name only tables and columns of schemas/cql/002_analytics.cql
-(the Cassandra contract tests run only with LOOKALIKE_TEST_CASSANDRA; this guard runs everywhere)."""
+"""The Cassandra statements (the store's and the analytics') name only tables and columns of
+schemas/cql/*.cql (the Cassandra contract tests run only with LOOKALIKE_TEST_CASSANDRA; this guard
+runs everywhere)."""
 
 from __future__ import annotations
 
 import re
 from pathlib import Path
 
-from store import analytics_cassandra as ac
+import pytest
 
-CQL = Path(__file__).resolve().parents[2] / "schemas" / "cql" / "002_analytics.cql"
+from store import analytics_cassandra, cassandra
+
+CQL = Path(__file__).resolve().parents[2] / "schemas" / "cql"
 WORDS = {"select", "from", "where", "and", "insert", "into", "values", "update", "set", "if", "limit",
-         "running", "complete", "failed"}  # fmt: skip
+         "running", "complete", "failed", "delete", "token", "allow", "filtering", "using", "ttl",
+         "count"}  # fmt: skip
 
 
 def _tables() -> dict[str, set[str]]:
-    text = re.sub(r"--[^\n]*", "", CQL.read_text())
+    text = re.sub(r"--[^\n]*", "", "\n".join(f.read_text() for f in sorted(CQL.glob("*.cql"))))
     out = {}
     for name, body in re.findall(r"CREATE TABLE IF NOT EXISTS (\w+) \((.*?)\n\)", text, flags=re.S):
         out[name] = {
@@ -25,12 +29,15 @@ def _tables() -> dict[str, set[str]]:
     return out
 
 
-def test_every_statement_names_known_columns() -> None:
+@pytest.mark.parametrize(("module", "least"), [(analytics_cassandra, 15), (cassandra, 25)])
+def test_every_statement_names_known_columns(module: object, least: int) -> None:
     tables = _tables()
     statements = {
-        k: v for k, v in vars(ac).items() if k[0].isupper() and isinstance(v, str) and " " in v and "?" in v
+        k: v
+        for k, v in vars(module).items()
+        if k[0].isupper() and isinstance(v, str) and " " in v and "?" in v
     }
-    assert len(statements) >= 15
+    assert len(statements) >= least
     for name, cql in statements.items():
         table = re.search(r"(?:FROM|INTO|UPDATE) (\w+)", cql)
         assert table and table.group(1) in tables, name
