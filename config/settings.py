@@ -60,6 +60,9 @@ class KafkaSettings(BaseSettings):
     sasl_username: str = ""
     sasl_password: SecretStr = SecretStr("")
     max_message_bytes: int = Field(default=1_000_000, ge=1024)
+    # an API write waits this long for the broker's acknowledgement, then is refused (503) and
+    # given up for good (never delivered later behind the client's back)
+    delivery_timeout_s: float = Field(default=10.0, gt=0)
 
     def extract_group(self, model: str) -> str:
         """The consumer group of one model's extract workers. Workers of two models must not
@@ -74,8 +77,14 @@ class KafkaSettings(BaseSettings):
                 "LOOKALIKE_KAFKA_BOOTSTRAP is not set: give host:port of a Kafka broker "
                 "(`lookalike demo` starts an embedded one by itself)"
             )
-        # Brokers close idle connections routinely: not worth a log line.
-        conf: KafkaConfig = {"bootstrap.servers": self.bootstrap, "log.connection.close": False}
+        # Brokers close idle connections routinely: not worth a log line. A broker that is away
+        # is tried again from 1s on (librdkafka's 100ms default logs a refused connection
+        # twenty times a second per client while it waits), backing off to 10s.
+        conf: KafkaConfig = {
+            "bootstrap.servers": self.bootstrap,
+            "log.connection.close": False,
+            "reconnect.backoff.ms": 1000,
+        }
         if self.security_protocol:
             conf["security.protocol"] = self.security_protocol
         if self.sasl_mechanism:
@@ -189,6 +198,9 @@ class ApiSettings(BaseSettings):
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)  # empty: CORS off
     model_concurrency: int = Field(default=2, ge=1)  # uploads embedded at once
     model_queue: int = Field(default=32, ge=0)  # uploads waiting for the model; more get 503
+    # a graceful stop of the demo (Ctrl-C, SIGTERM) lets its workers store what the broker holds
+    # for at most this long; what is left then is produced again from the outbox at the next start
+    drain_timeout_s: float = Field(default=120.0, ge=0)
 
     @field_validator("keys", "cors_origins", mode="before")
     @classmethod
