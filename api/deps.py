@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import threading
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated, cast
 
 from fastapi import Depends, HTTPException, Request, Security
@@ -20,16 +22,62 @@ from search.tier import SearchIndex
 from store import Store
 from store.analytics import AnalyticsStore
 from store.blobs import BlobStore
+from store.outbox import Outbox
 
 api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False, description="one of LOOKALIKE_API_KEYS")
 
 
+class IngestGate:
+    """Admits writes until a graceful stop closes it; from then on they get 503 with
+    ``Retry-After`` (and readiness says draining). Counts the writes in progress, so the stop
+    waits for them before it lets the workers drain the broker."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._closed = False
+        self._inside = 0
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    @asynccontextmanager
+    async def admit(self) -> AsyncIterator[None]:
+        with self._cond:
+            if self._closed:
+                raise HTTPException(
+                    503,
+                    "the service is stopping and takes no writes; send it again shortly",
+                    {"Retry-After": "5"},
+                )
+            self._inside += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._inside -= 1
+                self._cond.notify_all()
+
+    def close(self, timeout_s: float) -> int:
+        """Refuse writes from now on; wait up to ``timeout_s`` for those in progress.
+        Returns how many are still in progress (0: all answered)."""
+        deadline = time.monotonic() + timeout_s
+        with self._cond:
+            self._closed = True
+            while self._inside and time.monotonic() < deadline:
+                self._cond.wait(max(0.0, min(0.1, deadline - time.monotonic())))
+            return self._inside
+
+
 @dataclass
 class Ingest:
-    """What the ingest endpoints publish with: the producer and the topics."""
+    """What the ingest endpoints publish with: the producer, the topics, the outbox that keeps
+    each acknowledged write until a worker stored it, and the gate a graceful stop closes."""
 
     producer: KafkaProducer
     kafka: KafkaSettings
+    outbox: Outbox | None = None  # None: acknowledged writes are not kept (a test's producer only)
+    gate: IngestGate = field(default_factory=IngestGate)
 
 
 @dataclass
@@ -76,6 +124,14 @@ def get_ingest(request: Request) -> Ingest:
     return ingest
 
 
+async def admitted_ingest(request: Request) -> AsyncIterator[Ingest]:
+    """The ingest producer for a write, admitted by the gate (503 while a graceful stop drains)
+    and counted until the write is answered."""
+    ingest = get_ingest(request)
+    async with ingest.gate.admit():
+        yield ingest
+
+
 def get_settings(request: Request) -> ApiSettings:
     settings: ApiSettings = request.app.state.settings
     return settings
@@ -86,6 +142,7 @@ StoreDep = Annotated[Store, Depends(get_store)]
 IndexDep = Annotated[SearchIndex, Depends(get_index)]
 BlobsDep = Annotated[BlobStore | None, Depends(get_blobs)]
 IngestDep = Annotated[Ingest, Depends(get_ingest)]
+WriteDep = Annotated[Ingest, Depends(admitted_ingest)]
 AnalyticsDep = Annotated[AnalyticsStore, Depends(get_analytics)]
 Settings = Annotated[ApiSettings, Depends(get_settings)]
 

@@ -86,6 +86,9 @@ class KafkaSettings(BaseSettings):
     """SASL password (with `sasl_mechanism`); never logged."""
     max_message_bytes: int = Field(default=1_000_000, ge=1024)
     """Largest image sent as bytes: larger ones must go by reference (`--by-reference`)."""
+    delivery_timeout_s: float = Field(default=10.0, gt=0)
+    """An API write waits this long for the broker's acknowledgement, then is refused (503) and
+    given up for good (never delivered later behind the client's back)."""
 
     def extract_group(self, model: str) -> str:
         """The consumer group of one model's extract workers. Workers of two models must not
@@ -100,8 +103,14 @@ class KafkaSettings(BaseSettings):
                 "LOOKALIKE_KAFKA_BOOTSTRAP is not set: give host:port of a Kafka broker "
                 "(`lookalike demo` starts an embedded one by itself)"
             )
-        # Brokers close idle connections routinely: not worth a log line.
-        conf: KafkaConfig = {"bootstrap.servers": self.bootstrap, "log.connection.close": False}
+        # Brokers close idle connections routinely: not worth a log line. A broker that is away
+        # is tried again from 1s on (librdkafka's 100ms default logs a refused connection
+        # twenty times a second per client while it waits), backing off to 10s.
+        conf: KafkaConfig = {
+            "bootstrap.servers": self.bootstrap,
+            "log.connection.close": False,
+            "reconnect.backoff.ms": 1000,
+        }
         if self.security_protocol:
             conf["security.protocol"] = self.security_protocol
         if self.sasl_mechanism:
@@ -268,6 +277,9 @@ class ApiSettings(BaseSettings):
     """Uploads embedded at once."""
     model_queue: int = Field(default=32, ge=0)
     """Uploads waiting for the model; more get 503 with `Retry-After`."""
+    drain_timeout_s: float = Field(default=120.0, ge=0)
+    """A graceful stop of the demo (Ctrl-C, SIGTERM) lets its workers store what the broker holds
+    for at most this long; what is left then is produced again from the outbox at the next start."""
 
     @field_validator("keys", "cors_origins", mode="before")
     @classmethod

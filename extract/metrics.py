@@ -29,6 +29,7 @@ class Totals:
     batches: int = 0
     removals: int = 0
     lag: int | None = None
+    broker: str = "ok"  # or what the consumer loop waits out (a broker outage)
 
 
 class ExtractMetrics:
@@ -60,6 +61,17 @@ class ExtractMetrics:
         self.lag = Gauge(
             "lookalike_extract_consumer_lag",
             "Messages on this worker's partitions not yet stored",
+            registry=r,
+        )
+        self.broker_up = Gauge(
+            "lookalike_extract_broker_up",
+            "1 while the broker answers this worker, 0 during an outage",
+            registry=r,
+        )
+        self.broker_up.set(1)
+        self._broker_errors = Counter(
+            "lookalike_extract_broker_errors",
+            "Transient broker failures waited out (timeouts, no coordinator, a missing topic)",
             registry=r,
         )
         self.queue_depth = Gauge(
@@ -95,6 +107,14 @@ class ExtractMetrics:
     def consumer_lag(self, messages: int) -> None:
         self.lag.set(messages)
         self.totals.lag = messages
+
+    def broker(self, up: bool, status: str) -> None:
+        """The consumer loop's view of the broker: each transient failure, then recovery."""
+        self.broker_up.set(1 if up else 0)
+        if not up:
+            self._broker_errors.inc()
+        with self._lock:
+            self.totals.broker = status
 
     def rate(self) -> float:
         """Images stored per second since the previous call (also sets the gauge)."""

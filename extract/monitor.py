@@ -51,9 +51,10 @@ def status_text(metrics: ExtractMetrics, rate: float) -> str:
     t = metrics.totals
     per_image = " ".join(f"{s} {1000 * t.seconds[s] / max(t.images, 1):.1f}" for s in STAGES)
     lag = "?" if t.lag is None else str(t.lag)
+    broker = "" if t.broker == "ok" else f" | waiting for the broker: {t.broker}"
     return (
         f"extract[{os.getpid()}]: {t.images} stored, {rate:.1f} images/s, lag {lag}, "
-        f"{t.dead_letters} dead letters | ms per image: {per_image}"
+        f"{t.dead_letters} dead letters | ms per image: {per_image}{broker}"
     )
 
 

@@ -15,10 +15,19 @@ import numpy as np
 import numpy.typing as npt
 import torch
 from PIL import Image
+from tenacity import (
+    Retrying,
+    before_sleep_log,
+    retry_if_exception_type,
+    stop_after_delay,
+    stop_never,
+    wait_exponential_jitter,
+)
 
 from extract.decode import MAX_REFERENCE_BYTES, DecodeError, decode, fetch, probe
 from extract.preprocess import CROP, RESIZE, to_uint8
 from messaging.consumer import Message
+from messaging.errors import BrokerUnavailable
 from messaging.producer import KafkaProducer
 from schemas.messages import DeleteMessage, ImageMessage, MessageError, parse_image_topic
 from schemas.records import Extracted, ImageRecord
@@ -154,10 +163,19 @@ def extracted(item: Decoded | Encoded, vector: npt.NDArray[np.float32], model: s
 
 
 class DeadLetters:
-    """Sends rejected messages to the dead-letter topic, the reason in headers."""
+    """Sends rejected messages to the dead-letter topic, the reason in headers. A broker
+    outage is waited out (each message retried with backoff until acknowledged; one sent
+    twice across an outage is harmless), so a bad image met during one stops nothing."""
 
-    def __init__(self, producer: KafkaProducer, topic: str) -> None:
+    def __init__(self, producer: KafkaProducer, topic: str, give_up_after_s: float | None = None) -> None:
         self.producer, self.topic = producer, topic
+        self._retrying = Retrying(
+            retry=retry_if_exception_type(BrokerUnavailable),
+            wait=wait_exponential_jitter(multiplier=0.5, max=30),
+            stop=stop_never if give_up_after_s is None else stop_after_delay(give_up_after_s),
+            before_sleep=before_sleep_log(log, logging.WARNING),
+            reraise=True,
+        )
 
     def send(self, rejected: Sequence[Rejected]) -> None:
         """Returns once the broker has them all (before the batch's offsets are committed)."""
@@ -170,9 +188,9 @@ class DeadLetters:
                 r.stage,
                 r.reason,
             )
-            self.producer.send(self.topic, r.raw.key() or b"", *self._value_and_headers(r))
-        if rejected:
-            self.producer.flush()
+            self._retrying(
+                self.producer.send_and_wait, self.topic, r.raw.key() or b"", *self._value_and_headers(r)
+            )
 
     def _value_and_headers(self, r: Rejected) -> tuple[bytes, list[tuple[str, str | bytes | None]]]:
         headers: list[tuple[str, str | bytes | None]] = [

@@ -149,6 +149,29 @@ def ingest_remove(
     console.print(f"removal of {what} of listing {message.listing_id} produced to {kafka.images_topic}")
 
 
+@ingest_app.command("replay")
+def ingest_replay(ctx: typer.Context) -> None:
+    """Produce again what the API acknowledged (202) and no worker stored yet: the ingest
+    outbox, in the order it was accepted. For a broker that lost data (`lookalike demo` does
+    this by itself at start); running it twice only sends some messages twice (idempotent)."""
+    from ingest.replay import replay
+    from lookalike import stack
+    from messaging.producer import KafkaProducer
+    from store import StoreError
+    from store.outbox import Outbox
+
+    settings = settings_of(ctx)
+    kafka = settings.kafka
+    try:
+        outbox = Outbox(stack.configured_blobs(settings))
+        with KafkaProducer(kafka.client_config(), kafka.max_message_bytes) as producer:
+            sent = replay(outbox, producer, progress=True)
+    except (StoreError, RuntimeError, ValueError) as exc:
+        fail(str(exc))
+    shown = ", ".join(f"{n} to {topic}" for topic, n in sorted(sent.items())) or "nothing was waiting"
+    console.print(f"outbox replayed: {shown}")
+
+
 @app.command()
 def extract(
     ctx: typer.Context,
@@ -187,7 +210,8 @@ def sync_stock(
 
     try:
         settings = settings_of(ctx)
-        stats = stack.run_stock_sync(stack.configured_store(settings), settings.kafka, drain=drain)
+        store, blobs = stack.configured_store(settings), stack.configured_blobs(settings)
+        stats = stack.run_stock_sync(store, settings.kafka, drain=drain, blobs=blobs)
     except (ValueError, RuntimeError) as exc:
         fail(str(exc))
     console.print(f"applied {stats.messages} stock updates")

@@ -5,6 +5,11 @@ Spark scores the held-out query and writes ``query_results``, the in-memory engi
 the same query, and the API serves the result. While it serves, the stack stays live: the
 broker, an extract worker, the stock follower and the index follower keep running, so a photo
 uploaded to ``POST /v1/images`` (or on the page) becomes searchable within seconds.
+
+The embedded broker keeps nothing across a stop, so the stack's topics are created as soon as
+it starts, and what the API acknowledged and no worker stored before the last stop (however it
+ended: SIGKILL included) is produced again from the ingest outbox before anything else; a
+graceful stop drains the broker first (``lookalike/drain.py``).
 """
 
 from __future__ import annotations
@@ -31,8 +36,11 @@ from config.settings import ApiSettings, CoreSettings, KafkaSettings, Settings
 from extract.model import FeatureModel
 from ingest.catalogue import DEMO_QUERY_LISTING, Catalogue, build_demo_catalogue, scan_folder, view
 from ingest.producer import catalogue_stock, image_messages, send_images, send_stock
+from ingest.replay import replay
 from lookalike import stack
+from lookalike.drain import DrainingServer
 from lookalike.output import print_answer
+from messaging.admin import wait_for_topics
 from messaging.broker import EmbeddedBroker
 from messaging.producer import KafkaProducer
 from schemas import ids
@@ -42,6 +50,7 @@ from search.scoring import ScoreOptions
 from search.service import SearchService
 from search.tier import SearchIndex
 from store import Store
+from store.outbox import Outbox
 from store.results import answer_from_rows
 
 log = logging.getLogger(__name__)
@@ -70,6 +79,12 @@ def with_broker(settings: Settings) -> Iterator[Settings]:
         yield replace(settings, kafka=settings.kafka.model_copy(update={"bootstrap": broker.bootstrap}))
 
 
+def create_topics(kafka: KafkaSettings) -> None:
+    """The stack's topics, before any reader starts (a follower of a topic that does not exist
+    yet waits for it; creating them first spares it the wait)."""
+    wait_for_topics(kafka.client_config(), stack.stack_topics(kafka), kafka.partitions, kafka.replication)
+
+
 def prepare_catalogue(core: CoreSettings, images: Path | None) -> tuple[Catalogue, Path, str]:
     """The catalogue, a held-out query photo, and the listing it was taken from."""
     if images is None:
@@ -84,20 +99,25 @@ def prepare_catalogue(core: CoreSettings, images: Path | None) -> tuple[Catalogu
     return catalogue, query, listing.name
 
 
-def ingest(catalogue: Catalogue, store: Store, model: FeatureModel, kafka: KafkaSettings) -> int:
-    """Produce the images not stored yet, and every stock level. Returns images sent."""
+def ingest(
+    catalogue: Catalogue, store: Store, model: FeatureModel, kafka: KafkaSettings, outbox: Outbox
+) -> int:
+    """Produce what the outbox holds (acknowledged before the last stop, never stored), the
+    catalogue's images not stored yet, and every stock level. Returns the messages produced
+    to the images topic."""
     all_ids = [ids.image_id(li.name, p.name) for li in catalogue.listings for p in li.images]
     stored = store.existing_images(all_ids, model.info.name)
     with KafkaProducer(kafka.client_config(), kafka.max_message_bytes) as producer:
+        replayed = replay(outbox, producer, topics={kafka.images_topic, kafka.stock_topic}, progress=True)
         sent = send_images(producer, kafka.images_topic, image_messages(catalogue, skip=stored))
         send_stock(producer, kafka.stock_topic, catalogue_stock(catalogue))
     log.info("ingest: %d images produced, %d already stored", sent, len(stored))
-    return sent
+    return sent + replayed[kafka.images_topic]
 
 
 def extract(store: Store, model: FeatureModel, settings: Settings, expected: int) -> None:
     """Run the extract worker until the images topic is drained, then apply stock."""
-    stack.run_stock_sync(store, settings.kafka, drain=True)
+    stack.run_stock_sync(store, settings.kafka, drain=True, blobs=stack.configured_blobs(settings))
     if expected == 0:
         return
     columns = (TextColumn("extract"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
@@ -141,6 +161,7 @@ def demo_session(
     """The demo run with a broker (embedded unless configured) that stays up for the block;
     ``live``: the index follows the images topic, so what is extracted later is searchable."""
     with with_broker(settings) as with_kafka:
+        create_topics(with_kafka.kafka)
         result = run_demo(with_kafka, images, console, follow=live)
         try:
             yield result
@@ -162,7 +183,7 @@ def run_demo(
     store = stack.configured_store(settings)
     model = stack.configured_model(settings)
     console.print(f"model: {model.describe()}", markup=False, highlight=False, soft_wrap=True)
-    sent = ingest(catalogue, store, model, settings.kafka)
+    sent = ingest(catalogue, store, model, settings.kafka, Outbox(stack.configured_blobs(settings)))
     extract(store, model, settings, sent)
     query = model.embed_images([Image.open(query_path).convert("RGB")])
     opts = ScoreOptions(k=min(10, len(catalogue.listings)))
@@ -235,20 +256,25 @@ def print_usage(console: Console, api: ApiSettings, key: str | None) -> None:
 
 def serve_live(result: DemoResult, console: Console) -> int:
     """Serve the API (ingest on) while an extract worker and the stock follower run on threads
-    and the index follows the images topic. SIGINT (Ctrl-C) or SIGTERM stops the server, then
-    the workers (they finish and commit the batches in flight); the caller stops the broker.
-    Returns the exit status: 0, or 1 when a worker died (the server is stopped then too)."""
+    and the index follows the images topic. SIGINT (Ctrl-C) or SIGTERM stops gracefully
+    (``lookalike/drain.py``): writes refused, the broker drained into the store, then the
+    server and the workers; the caller stops the broker. Returns the exit status: 0, or 1 when
+    a worker died (the server is stopped then too)."""
     settings = result.settings
     api, key = session_key(settings.api)
-    app = create_app(api, stack.api_components(settings, result.service))
-    server = uvicorn.Server(uvicorn.Config(app, host=api.host, port=api.port, log_level="warning"))
+    components = stack.api_components(settings, result.service)
+    app = create_app(api, components)
+    config = uvicorn.Config(app, host=api.host, port=api.port, log_level="warning")
+    loops = stack.BackgroundLoops()
+    gate = components.ingest.gate if components.ingest is not None else None
+    server = DrainingServer(config, gate, loops, api.drain_timeout_s)
 
     def worker_died(name: str) -> None:
         log.error("%s died: stopping the demo", name)
         server.should_exit = True
 
     with stop_on_signals(server):
-        loops = stack.start_live_workers(result.store, result.model, settings, worker_died)
+        stack.start_live_workers(result.store, result.model, settings, loops, worker_died)
         try:
             print_usage(console, api, key)
             server.run()  # uvicorn handles SIGINT/SIGTERM while it serves, then hands them on

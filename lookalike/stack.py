@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable, Sequence
 
 from analytics.fresh import AlertPublisher, FreshScorer
@@ -16,8 +17,9 @@ from extract.model import FeatureModel, load_model, resolve_model_name
 from extract.pipeline import ExtractPipeline
 from extract.steps import DeadLetters, DecodeOptions
 from extract.writer import StoreWriter
-from messaging.admin import ensure_topics
+from messaging.admin import ensure_topics, wait_for_topics
 from messaging.consumer import ConsumerLoop, LoopStats, Message
+from messaging.errors import BrokerUnavailable
 from messaging.producer import KafkaProducer
 from schemas.messages import MessageError, model_topic, parse_stock
 from search.follow import ChangeObserver
@@ -26,6 +28,7 @@ from search.service import SearchService
 from store import Store, StoreError, open_store
 from store.blobs import BlobStore, open_blobs
 from store.models import register_model, stored_model
+from store.outbox import Outbox
 
 log = logging.getLogger(__name__)
 
@@ -92,8 +95,29 @@ def api_components(settings: Settings, service: SearchService | None = None) -> 
     blobs = configured_blobs(settings)
     if not kafka.bootstrap:
         return Components(service, blobs=blobs)
-    producer = KafkaProducer(kafka.client_config(), kafka.max_message_bytes)
-    return Components(service, Ingest(producer, kafka), blobs=blobs)
+    # bounded delivery: an upload answered 503 is never delivered later behind the client's back
+    producer = KafkaProducer(
+        kafka.client_config(),
+        kafka.max_message_bytes,
+        ack_timeout_s=kafka.delivery_timeout_s,
+        delivery_timeout_s=kafka.delivery_timeout_s,
+    )
+    return Components(service, Ingest(producer, kafka, Outbox(blobs)), blobs=blobs)
+
+
+def stack_topics(kafka: KafkaSettings) -> list[str]:
+    """The topics the live stack uses (a model's re-embedding topic is its workers' own)."""
+    return [kafka.images_topic, kafka.stock_topic, kafka.dlq_topic, kafka.alerts_topic]
+
+
+def clear_outbox(blobs: BlobStore) -> Callable[[Sequence[Message]], None]:
+    """The consumer loops' ``on_stored`` hook: the outbox records of stored messages go."""
+    outbox = Outbox(blobs)
+
+    def clear(messages: Sequence[Message]) -> None:
+        outbox.done_with(m.headers() for m in messages)
+
+    return clear
 
 
 def arrival_observers(settings: Settings, store: Store, model: str) -> list[ChangeObserver]:
@@ -107,7 +131,10 @@ def arrival_observers(settings: Settings, store: Store, model: str) -> list[Chan
     kafka, publish = settings.kafka, None
     if kafka.bootstrap:
         conf = kafka.client_config()
-        ensure_topics(conf, [kafka.alerts_topic], kafka.partitions, kafka.replication)
+        try:  # a replica started while the broker is away still starts (its follower waits)
+            ensure_topics(conf, [kafka.alerts_topic], kafka.partitions, kafka.replication, timeout_s=5.0)
+        except BrokerUnavailable as exc:
+            log.warning("alerts topic not checked (%s): the first alert creates it", exc)
         publish = AlertPublisher(KafkaProducer(conf, kafka.max_message_bytes), kafka.alerts_topic)
     return [FreshScorer(target, model, publish)]
 
@@ -142,15 +169,21 @@ def run_extract(
     on_progress: Callable[[int, int | None], None] | None = None,
     metrics: ExtractMetrics | None = None,
     blobs: BlobStore | None = None,
+    finish: threading.Event | None = None,
+    lag_interval_s: float = 5.0,
 ) -> tuple[LoopStats, ExtractMetrics]:
     """Consume ``lookalike.images`` and the model's own re-embedding topic
-    (``lookalike.images.<model>``) into the store until stopped (or drained); the original
-    bytes are kept in the blob store (the configured one unless given)."""
+    (``lookalike.images.<model>``) into the store until stopped (or drained, or drained once
+    ``finish`` is set); the original bytes are kept in the blob store (the configured one
+    unless given) and the outbox records of what is stored are cleared. A broker that is not
+    there yet is waited for (its topics are created once it answers)."""
     ex, kafka, model_settings = settings.extract, settings.kafka, settings.model
     metrics = metrics or ExtractMetrics()
     conf = kafka.client_config()
     topics = [kafka.images_topic, model_topic(kafka.images_topic, model.info.name)]
-    ensure_topics(conf, [*topics, kafka.dlq_topic], kafka.partitions, kafka.replication)
+    stop = stop or threading.Event()
+    if not wait_for_topics(conf, [*topics, kafka.dlq_topic], kafka.partitions, kafka.replication, stop):
+        return LoopStats(), metrics
     blobs = blobs or configured_blobs(settings)
     register_model(store, model.info)
     dlq = KafkaProducer(conf, kafka.max_message_bytes)
@@ -183,25 +216,37 @@ def run_extract(
             batch_size=model_settings.batch_size or default_batch_size(model),
             session_timeout_ms=ex.session_timeout_ms,
             observer=metrics,
+            lag_interval_s=lag_interval_s,
+            on_stored=clear_outbox(blobs),
+            name="extract worker",
         )
         try:
-            return loop.run(stop, until_drained=drain, on_progress=on_progress), metrics
+            stats = loop.run(stop, until_drained=drain, on_progress=on_progress, finish=finish)
+            return stats, metrics
         finally:
             loop.close()
     finally:
         pipeline.close()
-        try:
-            dlq.flush()
-        finally:
-            dlq.close()
+        dlq.close()  # dead letters were each acknowledged before their batch was committed
 
 
 def run_stock_sync(
-    store: Store, kafka: KafkaSettings, *, drain: bool = False, stop: threading.Event | None = None
+    store: Store,
+    kafka: KafkaSettings,
+    *,
+    drain: bool = False,
+    stop: threading.Event | None = None,
+    finish: threading.Event | None = None,
+    blobs: BlobStore | None = None,
 ) -> LoopStats:
-    """Follow ``lookalike.stock`` into ``stock_level``; a bad message is logged and skipped."""
+    """Follow ``lookalike.stock`` into ``stock_level``; a bad message is logged and skipped.
+    ``blobs``: where the outbox records of applied levels are cleared (every entry point passes
+    it: a record left would replay a stale level; None only in tests without an API). A broker
+    that is not there yet is waited for."""
     conf = kafka.client_config()
-    ensure_topics(conf, [kafka.stock_topic], kafka.partitions, kafka.replication)
+    stop = stop or threading.Event()
+    if not wait_for_topics(conf, [kafka.stock_topic], kafka.partitions, kafka.replication, stop):
+        return LoopStats()
 
     def handle(batch: Sequence[Message]) -> None:
         levels = []
@@ -218,34 +263,61 @@ def run_stock_sync(
                 )
         store.put_stock(levels)
 
-    loop = ConsumerLoop(conf, kafka.stock_group, [kafka.stock_topic], handle, batch_size=500)
+    cleared = clear_outbox(blobs) if blobs is not None else None
+    loop = ConsumerLoop(
+        conf,
+        kafka.stock_group,
+        [kafka.stock_topic],
+        handle,
+        batch_size=500,
+        on_stored=cleared,
+        name="stock follower",
+    )
     try:
-        return loop.run(stop, until_drained=drain)
+        return loop.run(stop, until_drained=drain, finish=finish)
     finally:
         loop.close()
 
 
 class BackgroundLoops:
     """Long-running loops (an extract worker, the stock follower) on threads of this process,
-    each given the same stop event; ``close`` sets it and waits, so each loop finishes the
-    batches in flight and commits what it stored. A loop that dies is logged and reported to
-    ``on_failure`` (its name), e.g. to stop the server it feeds."""
+    each given the same stop and finish events. ``drain`` sets ``finish``: each loop empties
+    its topics, commits and returns; ``close`` sets ``stop`` and waits, so each loop finishes
+    the batches in flight and commits what it stored. A loop that dies is logged and reported
+    to ``on_failure`` (its name), e.g. to stop the server it feeds."""
 
     def __init__(self, on_failure: Callable[[str], None] | None = None) -> None:
         self.stop = threading.Event()
+        self.finish = threading.Event()
         self.failed: list[str] = []
-        self._on_failure = on_failure
+        self.metrics = ExtractMetrics()  # the extract worker's (progress of a drain)
+        self.on_failure = on_failure
         self._threads: list[threading.Thread] = []
 
-    def start(self, name: str, loop: Callable[[threading.Event], object]) -> None:
+    def running(self) -> int:
+        return sum(t.is_alive() for t in self._threads)
+
+    def drain(self, timeout_s: float, tick: Callable[[], None] | None = None) -> bool:
+        """Let each loop empty what the broker holds, then return: True once all have, False
+        at ``timeout_s``. ``tick`` is called about once a second meanwhile (progress)."""
+        self.finish.set()
+        deadline = time.monotonic() + timeout_s
+        while self.running() and time.monotonic() < deadline:
+            for thread in self._threads:
+                thread.join(min(1.0, max(0.0, deadline - time.monotonic())))
+                if tick is not None:
+                    tick()
+        return not self.running()
+
+    def start(self, name: str, loop: Callable[[threading.Event, threading.Event], object]) -> None:
         def run() -> None:
             try:
-                loop(self.stop)
+                loop(self.stop, self.finish)
             except BaseException:
                 log.exception("%s stopped", name)
                 self.failed.append(name)
-                if self._on_failure is not None:
-                    self._on_failure(name)
+                if self.on_failure is not None:
+                    self.on_failure(name)
 
         thread = threading.Thread(target=run, name=name, daemon=True)
         thread.start()
@@ -260,7 +332,11 @@ class BackgroundLoops:
 
 
 def start_live_workers(
-    store: Store, model: FeatureModel, settings: Settings, on_failure: Callable[[str], None] | None = None
+    store: Store,
+    model: FeatureModel,
+    settings: Settings,
+    loops: BackgroundLoops | None = None,
+    on_failure: Callable[[str], None] | None = None,
 ) -> BackgroundLoops:
     """An extract worker and the stock follower on threads until ``close``; what they store is
     logged, so a new upload can be followed on the console."""
@@ -269,9 +345,25 @@ def start_live_workers(
         if n:
             log.info("extract: %d image%s stored", n, "" if n == 1 else "s")
 
-    loops = BackgroundLoops(on_failure)
+    loops = loops or BackgroundLoops()
+    loops.on_failure = on_failure
+    blobs = configured_blobs(settings)
     loops.start(
-        "extract-worker", lambda stop: run_extract(store, model, settings, stop=stop, on_progress=stored)
+        "extract-worker",
+        lambda stop, finish: run_extract(
+            store,
+            model,
+            settings,
+            stop=stop,
+            finish=finish,
+            on_progress=stored,
+            metrics=loops.metrics,
+            blobs=blobs,
+            lag_interval_s=1.0,
+        ),
     )
-    loops.start("stock-follower", lambda stop: run_stock_sync(store, settings.kafka, stop=stop))
+    loops.start(
+        "stock-follower",
+        lambda stop, finish: run_stock_sync(store, settings.kafka, stop=stop, finish=finish, blobs=blobs),
+    )
     return loops

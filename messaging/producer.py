@@ -2,7 +2,10 @@
 
 ``send`` queues (bulk ingest: ``flush`` at the end raises if any message failed);
 ``send_and_wait`` returns only once the broker acknowledged that one message (an API upload is
-acknowledged to its client only then).
+acknowledged to its client only then). A producer built with ``delivery_timeout_s`` gives each
+message up after that long (librdkafka's ``message.timeout.ms``) and ``send_and_wait`` waits for
+that verdict, so a message it reports failed is not delivered later behind the caller's back
+(a refused upload must not be stored once the broker comes back).
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from messaging.errors import BrokerUnavailable, MessageTooLarge
 from schemas.messages import Headers
 
 HEADROOM = 64 * 1024  # headers and framing on top of the value
+VERDICT_GRACE_S = 5.0  # past a bounded delivery timeout: librdkafka's failure report is due
 Delivered = Callable[[KafkaError | None, Message], None]
 
 
@@ -39,11 +43,17 @@ class KafkaProducer:
     """A confluent-kafka producer with delivery accounting."""
 
     def __init__(
-        self, client_config: KafkaConfig, max_message_bytes: int, ack_timeout_s: float = 10.0
+        self,
+        client_config: KafkaConfig,
+        max_message_bytes: int,
+        ack_timeout_s: float = 10.0,
+        delivery_timeout_s: float | None = None,
     ) -> None:
         self.max_message_bytes, self.ack_timeout_s = max_message_bytes, ack_timeout_s
+        self.delivery_timeout_s = delivery_timeout_s
         self.deliveries = _Deliveries()
         self._closed = False
+        bounded = {"message.timeout.ms": int(delivery_timeout_s * 1000)} if delivery_timeout_s else {}
         self._producer = Producer(
             {
                 **client_config,
@@ -51,6 +61,7 @@ class KafkaProducer:
                 "acks": "all",
                 "linger.ms": 20,
                 "message.max.bytes": max_message_bytes + HEADROOM,
+                **bounded,
             }
         )
 
@@ -80,11 +91,13 @@ class KafkaProducer:
             done.set()
 
         self._produce(topic, key, value, headers, delivered)
-        deadline = time.monotonic() + self.ack_timeout_s
+        # bounded delivery: wait for librdkafka's own verdict (a little after it gives up)
+        wait_s = self.delivery_timeout_s + VERDICT_GRACE_S if self.delivery_timeout_s else self.ack_timeout_s
+        deadline = time.monotonic() + wait_s
         while not done.is_set() and time.monotonic() < deadline:
             self._producer.poll(0.05)
         if not done.is_set():
-            raise BrokerUnavailable(f"the broker did not acknowledge within {self.ack_timeout_s:.0f}s")
+            raise BrokerUnavailable(f"the broker did not acknowledge within {wait_s:.0f}s")
         if failure:
             raise BrokerUnavailable(f"the broker refused the message: {failure[0].str()}")
 

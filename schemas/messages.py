@@ -12,6 +12,10 @@ header naming the target model; only workers that loaded that model subscribe to
 worker refuses (dead-letters) a message whose ``model`` header names another model. Messages
 without the header (every fresh upload) are for whichever model the consuming worker serves.
 
+What the API acknowledged with a 202 (an upload, a removal, a stock level) carries an
+``outbox`` header naming its record in the ingest outbox (``store/outbox.py``); the worker that
+stored it clears that record. Readers that do not know the header ignore it.
+
 A removal travels on ``lookalike.images`` too, so it is ordered with the listing's uploads (same
 key, same partition): header ``op: delete``, an empty value, ``image_id`` for one image or no
 ``image_id`` for the whole listing. Workers apply it to the store in stream order; index
@@ -30,6 +34,7 @@ from schemas.records import StockLevel
 FORMAT_VERSION = "1"
 URI_LIST = "text/uri-list"
 UPSERT, DELETE = "upsert", "delete"  # the ``op`` header of lookalike.images (absent: upsert)
+OUTBOX = "outbox"  # header: the outbox record of a message the API acknowledged
 Headers = list[tuple[str, str | bytes | None]]
 RawHeaders = Headers | Mapping[str, str | bytes | None] | None  # as the client hands them over
 
@@ -124,6 +129,11 @@ def parse_image_topic(headers: RawHeaders, value: bytes | None) -> ImageMessage 
     except ValueError as exc:
         raise MessageError(f"bad id header: {exc}") from None
     return DeleteMessage(listing, image)
+
+
+def outbox_name(headers: RawHeaders) -> str | None:
+    """The outbox record a message was kept under (see :data:`OUTBOX`), if any."""
+    return _text_headers(headers).get(OUTBOX) or None
 
 
 def model_topic(images_topic: str, model: str) -> str:

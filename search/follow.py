@@ -18,6 +18,7 @@ from typing import Protocol
 import numpy as np
 import numpy.typing as npt
 
+from messaging.errors import MessagingError
 from schemas.records import FeatureBatch, ModelInfo, as_uuid
 from search.tier import SearchIndex
 from store import Store, StoreError
@@ -78,7 +79,10 @@ ChangeObserver = Callable[[SearchIndex, Changes], None]
 
 class Follower:
     """Polls a change source every ``interval_s`` on a daemon thread, applies it, then tells the
-    observers. An observer's failure is logged and never stops the index following."""
+    observers. An observer's failure is logged and never stops the index following; nor does
+    an outage of the store or the broker (logged, retried each interval). :attr:`status`
+    says what it does: the source's own ``status`` when it has one (what a stream source
+    waits for), else ``following``, or the failure it retries."""
 
     def __init__(
         self,
@@ -94,6 +98,14 @@ class Follower:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="index-follower", daemon=True)
         self.polls = 0
+        self._failure: str | None = None
+
+    @property
+    def status(self) -> str:
+        if self._failure is not None:
+            return f"retrying: {self._failure}"
+        described = getattr(self.source, "status", None)
+        return described if isinstance(described, str) else "following"
 
     def start(self) -> Follower:
         self._thread.start()
@@ -116,12 +128,18 @@ class Follower:
             started = time.monotonic()
             try:
                 n = self.poll_once()
-            except StoreError as exc:  # the store is down for a while: keep the index, retry
-                log.warning("index follower: %s; retrying in %.1fs", exc, self.interval_s)
+            except (StoreError, MessagingError) as exc:  # an outage: keep the index, retry
+                if self._failure is None:
+                    log.warning("index follower: %s; retrying every %.1fs", exc, self.interval_s)
+                self._failure = str(exc)
             except BaseException:
                 log.exception("index follower stopped: the index no longer follows new vectors")
+                self._failure = "stopped: the index no longer follows new vectors (see the log)"
                 raise
             else:
+                if self._failure is not None:
+                    log.info("index follower: following again")
+                    self._failure = None
                 if n:
                     log.info("index follower: applied %d changes", n)
             self._stop.wait(max(0.0, self.interval_s - (time.monotonic() - started)))

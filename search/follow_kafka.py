@@ -4,7 +4,9 @@ added to the index. A removal on the topic drops the image or listing at once (a
 images still waiting). A poll costs what changed, not a scan of the store.
 
 The follower reads the topic from a point in time (a little before the index was loaded) with
-its own consumer that never commits, so every API replica sees every image.
+its own consumer that never commits, so every API replica sees every image. A topic that does
+not exist yet, or a broker that is away, is waited for (:class:`messaging.tail.TopicTail`):
+what is published once it is there is read from its beginning, so nothing is missed.
 """
 
 from __future__ import annotations
@@ -44,6 +46,11 @@ class ImageStreamSource:
         self.store, self.model, self.index, self.max_wait_s = store, model, index, max_wait_s
         self.pending: dict[uuid.UUID, tuple[uuid.UUID, float]] = {}  # image -> (listing, seen at)
         self._tail = TopicTail(client_config, topic, since_ms)
+
+    @property
+    def status(self) -> str:
+        """What the follower does: ``following <topic>``, or what it waits for."""
+        return self._tail.status
 
     def poll(self) -> Changes:
         removed_images, removed_listings = self._read_announcements()

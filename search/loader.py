@@ -91,13 +91,8 @@ def start_following(
         if kafka is None or not streaming:
             raise ValueError("LOOKALIKE_SEARCH_FOLLOW=stream needs LOOKALIKE_KAFKA_BOOTSTRAP")
         since = loaded_from_ms - int(settings.follow_lookback_s * 1000)
-        try:
-            source = ImageStreamSource(kafka.client_config(), kafka.images_topic, store, model, index, since)
-        except RuntimeError as exc:
-            if settings.follow == "stream":  # asked for explicitly: fail loudly
-                raise
-            log.warning("index follower off: %s", exc)
-            return None
+        # never off for a topic or broker that is not there yet: the source waits for them
+        source = ImageStreamSource(kafka.client_config(), kafka.images_topic, store, model, index, since)
     else:
         source = StoreScanSource(store, model, index)
     log.info("index follower: %s every %.1fs", mode, settings.follow_interval_s)

@@ -9,7 +9,9 @@
   through boto3. One object per image under the same sharded keys; a PUT is atomic.
 
 Keys depend on the image id only, so writing an image twice (a redelivered message, a
-re-ingest) leaves one blob, and a removal finds it without reading any row. The URI a put
+re-ingest) leaves one blob, and a removal finds it without reading any row. Beside the pixels,
+a store keeps small named records (``records/<name>``, e.g. the ingest outbox of
+``store/outbox.py``), written as atomically as the pixels and listed by name prefix. The URI a put
 returns is what ``images.uri`` records. Errors are the store's: :class:`BlobUnavailable`
 (a :class:`~store.base.StoreUnavailable`: retry later, the API answers 503),
 :class:`BlobMissing` (the pixels are gone: 404) and :class:`BlobError` (a bad URL, a refusal).
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import tempfile
 import urllib.parse
 import uuid
@@ -50,6 +53,17 @@ def blob_key(image_id: uuid.UUID) -> str:
     return f"{h[0:2]}/{h[2:4]}/{image_id}"
 
 
+RECORDS = "records"  # beside the two-hex-digit shard folders: no image key starts so
+_RECORD_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]*(/[A-Za-z0-9_-][A-Za-z0-9._-]*)*")
+
+
+def record_key(name: str) -> str:
+    """``records/<name>``; a name is slash-separated words (letters, digits, ``._-``)."""
+    if not _RECORD_NAME.fullmatch(name) or ".." in name:
+        raise BlobError(f"a record name is words of letters, digits and ._- joined by /, got {name!r}")
+    return f"{RECORDS}/{name}"
+
+
 class BlobStore(Protocol):
     """Original image bytes by image id. Every method is idempotent and thread-safe."""
 
@@ -73,6 +87,22 @@ class BlobStore(Protocol):
 
     def owns(self, uri: str) -> bool:
         """Whether ``uri`` points into this store."""
+        ...
+
+    def put_record(self, name: str, data: bytes) -> None:
+        """Keep a small named record (replacing any), as atomically as pixels."""
+        ...
+
+    def get_record(self, name: str) -> bytes:
+        """A record's bytes; BlobMissing if there is none."""
+        ...
+
+    def record_names(self, prefix: str) -> list[str]:
+        """The names of the records under ``prefix`` (e.g. ``outbox/``), sorted."""
+        ...
+
+    def delete_record(self, name: str) -> None:
+        """Remove a record; none there is not an error."""
         ...
 
     def close(self) -> None: ...
@@ -102,35 +132,38 @@ class FileBlobs:
 
     def put(self, image_id: uuid.UUID, data: bytes, content_type: str = "") -> str:
         target = self.path(image_id)
-        with _os_errors(f"cannot write {target}"):
-            target.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-            try:
-                with os.fdopen(fd, "wb") as fh:
-                    fh.write(data)
-                    fh.flush()
-                    os.fsync(fh.fileno())
-                os.replace(tmp, target)
-            except BaseException:
-                with contextlib.suppress(OSError):
-                    os.unlink(tmp)
-                raise
+        _write_atomically(target, data)
         return target.as_uri()
 
     def get(self, uri: str) -> bytes:
-        path = self._local(uri)
-        try:
-            return path.read_bytes()
-        except FileNotFoundError:
-            raise BlobMissing(f"no pixels at {uri}") from None
-        except IsADirectoryError:
-            raise BlobMissing(f"no pixels at {uri}") from None
-        except OSError as exc:
-            raise BlobUnavailable(f"cannot read {uri}: {exc}") from exc
+        return _read(self._local(uri), uri)
 
     def delete(self, image_id: uuid.UUID) -> None:
         with _os_errors(f"cannot remove the pixels of {image_id}"):
             self.path(image_id).unlink(missing_ok=True)
+
+    def _record(self, name: str) -> Path:
+        return self.root / record_key(name)
+
+    def put_record(self, name: str, data: bytes) -> None:
+        _write_atomically(self._record(name), data)
+
+    def get_record(self, name: str) -> bytes:
+        return _read(self._record(name), f"record {name}")
+
+    def record_names(self, prefix: str) -> list[str]:
+        folder = self.root / RECORDS
+        base = folder / prefix if prefix.endswith("/") else (folder / prefix).parent
+        with _os_errors(f"cannot list {base}"):
+            if not base.is_dir():
+                return []
+            found = (p for p in base.rglob("*") if p.is_file() and not p.name.startswith("."))
+            names = (p.relative_to(folder).as_posix() for p in found)
+            return sorted(n for n in names if n.startswith(prefix))
+
+    def delete_record(self, name: str) -> None:
+        with _os_errors(f"cannot remove record {name}"):
+            self._record(name).unlink(missing_ok=True)
 
     def close(self) -> None:
         pass
@@ -145,6 +178,33 @@ class FileBlobs:
 
     def __repr__(self) -> str:
         return f"FileBlobs({self.url!r})"
+
+
+def _write_atomically(target: Path, data: bytes) -> None:
+    """A temporary file beside ``target``, fsync'ed, then renamed over it."""
+    with _os_errors(f"cannot write {target}"):
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, target)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+
+
+def _read(path: Path, what: str) -> bytes:
+    """The bytes of ``what`` (a URI, a record) at ``path``."""
+    try:
+        return path.read_bytes()
+    except (FileNotFoundError, IsADirectoryError):
+        raise BlobMissing(f"nothing at {what}") from None
+    except OSError as exc:
+        raise BlobUnavailable(f"cannot read {what}: {exc}") from exc
 
 
 @contextlib.contextmanager
@@ -224,6 +284,34 @@ class S3Blobs:
     def delete(self, image_id: uuid.UUID) -> None:
         with self._errors(f"cannot remove the pixels of {image_id}"):
             self._client.delete_object(Bucket=self.bucket, Key=self.key(image_id))
+
+    def _record(self, name: str) -> str:
+        return f"{self.prefix}/{record_key(name)}" if self.prefix else record_key(name)
+
+    def put_record(self, name: str, data: bytes) -> None:
+        with self._errors(f"cannot write record {name}"):
+            self._client.put_object(Bucket=self.bucket, Key=self._record(name), Body=data)
+
+    def get_record(self, name: str) -> bytes:
+        with self._errors(f"cannot read record {name}"):
+            body: bytes = self._client.get_object(Bucket=self.bucket, Key=self._record(name))["Body"].read()
+            return body
+        raise AssertionError("unreachable")  # pragma: no cover  (mypy: _errors re-raises)
+
+    def record_names(self, prefix: str) -> list[str]:
+        base = self._record("x")[:-1]  # the key of the records folder, with its slash
+        names: list[str] = []
+        with self._errors(f"cannot list records {prefix}"):
+            pages = self._client.get_paginator("list_objects_v2").paginate(
+                Bucket=self.bucket, Prefix=base + prefix
+            )
+            for page in pages:
+                names += [obj["Key"].removeprefix(base) for obj in page.get("Contents", [])]
+        return sorted(names)
+
+    def delete_record(self, name: str) -> None:
+        with self._errors(f"cannot remove record {name}"):
+            self._client.delete_object(Bucket=self.bucket, Key=self._record(name))
 
     def close(self) -> None:
         self._client.close()

@@ -22,7 +22,9 @@ async def healthz() -> dict[str, str]:
 
 @router.get("/readyz")
 async def readyz(request: Request, store: StoreDep, index: IndexDep) -> JSONResponse:
-    """Store, index and (when configured) broker are usable; 503 says which is not."""
+    """Store, index and (when configured) broker are usable, and no graceful stop is draining
+    the service; 503 says which is not. ``follower`` says whether the index follows new
+    images, or what it waits for (a topic nothing was published to yet, the broker)."""
     checks: dict[str, str] = {}
     try:
         await run_in_threadpool(store.get_model, index.model.name)
@@ -31,12 +33,21 @@ async def readyz(request: Request, store: StoreDep, index: IndexDep) -> JSONResp
         checks["store"] = f"unavailable: {exc}"
     checks["index"] = f"ok: {len(index)} vectors" if len(index) else "empty"
     checks["model"] = f"{index.model.name} ({index.model.dim}-d, weights {index.model.weights})"
+    follower = index.follower
+    checks["follower"] = "off" if follower is None else str(follower.status)
     ingest = request.app.state.components.ingest
     if ingest is None:
         checks["broker"] = "not configured"
     else:
         checks["broker"] = await run_in_threadpool(broker_health, ingest.kafka.client_config())
-    ready = checks["store"] == "ok" and checks["broker"] in ("ok", "not configured")
+        checks["ingest"] = (
+            "draining: a graceful stop is under way, writes get 503" if ingest.gate.closed else "ok"
+        )
+    ready = (
+        checks["store"] == "ok"
+        and checks["broker"] in ("ok", "not configured")
+        and checks.get("ingest", "ok") == "ok"
+    )
     return JSONResponse({"ready": ready, "checks": checks}, status_code=200 if ready else 503)
 
 

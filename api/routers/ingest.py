@@ -1,5 +1,10 @@
 """Ingest over HTTP (API key required): an image upload into Kafka, a stock update, and the
-removal of an image or a listing."""
+removal of an image or a listing.
+
+A 202 means kept: each write is kept in the ingest outbox (``store/outbox.py``) before it is
+produced, and answered 202 once the broker acknowledged it; a refused write (4xx, 503) leaves
+nothing behind. While a graceful stop drains the stack, writes get 503 with ``Retry-After``
+(``WriteDep``)."""
 
 from __future__ import annotations
 
@@ -12,7 +17,7 @@ from fastapi.concurrency import run_in_threadpool
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from api.deps import IndexDep, Ingest, IngestDep, Searcher, Settings, StoreDep, require_key
+from api.deps import IndexDep, Ingest, Searcher, Settings, StoreDep, WriteDep, require_key
 from extract.decode import DecodeError, probe
 from ingest.remove import UnknownTarget, removal
 from messaging.errors import BrokerUnavailable
@@ -47,7 +52,7 @@ class StockUpdate(BaseModel):
 
 @router.post("/images", status_code=202, response_model=Accepted)
 async def upload_image(
-    ingest: IngestDep,
+    ingest: WriteDep,
     settings: Settings,
     searcher: Searcher,
     image: Annotated[UploadFile, File(description="the photo; its type is read from its content")],
@@ -67,7 +72,7 @@ async def upload_image(
 
 
 @router.post("/stock", status_code=202, response_model=Accepted)
-async def update_stock(update: StockUpdate, ingest: IngestDep) -> Accepted:
+async def update_stock(update: StockUpdate, ingest: WriteDep) -> Accepted:
     """Queue a stock level; the stock follower applies it to the store."""
     lid = update.listing_id or ids.listing_id(update.listing or "")
     level = StockLevel(lid, update.inventory, uuid.uuid4())
@@ -76,7 +81,7 @@ async def update_stock(update: StockUpdate, ingest: IngestDep) -> Accepted:
 
 
 @router.delete("/images/{image_id}", status_code=202, response_model=Accepted)
-async def remove_image(image_id: uuid.UUID, ingest: IngestDep, store: StoreDep, index: IndexDep) -> Accepted:
+async def remove_image(image_id: uuid.UUID, ingest: WriteDep, store: StoreDep, index: IndexDep) -> Accepted:
     """Remove an image: gone from this replica's results at once, from the store (and the
     other replicas) once the workers reach the removal, after the listing's earlier uploads."""
     return await _remove(ingest, store, index, None, image_id)
@@ -84,7 +89,7 @@ async def remove_image(image_id: uuid.UUID, ingest: IngestDep, store: StoreDep, 
 
 @router.delete("/listings/{listing_id}", status_code=202, response_model=Accepted)
 async def remove_listing(
-    listing_id: uuid.UUID, ingest: IngestDep, store: StoreDep, index: IndexDep
+    listing_id: uuid.UUID, ingest: WriteDep, store: StoreDep, index: IndexDep
 ) -> Accepted:
     """Remove a listing with its images, vectors and stock, as an image removal does."""
     return await _remove(ingest, store, index, listing_id, None)
@@ -111,10 +116,20 @@ async def _remove(
 
 
 async def _send(ingest: Ingest, topic: str, key: bytes, value: bytes, headers: Headers) -> None:
+    """Keep the write in the outbox, then produce it and wait for the broker's acknowledgement;
+    anything short of that takes it out of the outbox again (it was not accepted)."""
+    kept = None
+    if ingest.outbox is not None:  # the blob store down: StoreUnavailable, a 503 (app.py)
+        kept = await run_in_threadpool(ingest.outbox.keep, topic, key, value, headers)
+        headers = kept.message_headers()
     try:
         await run_in_threadpool(ingest.producer.send_and_wait, topic, key, value, headers)
-    except BrokerUnavailable as exc:
-        raise HTTPException(503, str(exc), {"Retry-After": "5"}) from None
+    except BaseException as exc:
+        if kept is not None and ingest.outbox is not None:
+            await run_in_threadpool(ingest.outbox.done, kept.name)
+        if isinstance(exc, BrokerUnavailable):
+            raise HTTPException(503, str(exc), {"Retry-After": "5"}) from None
+        raise
 
 
 def _image_format(data: bytes, max_pixels: int) -> str:

@@ -1,12 +1,17 @@
 """The demo stays live while it serves: a photo uploaded to its API, or added on its page,
 becomes searchable within seconds; Ctrl-C stops the server, the workers, then the broker,
-without a traceback and with exit status 0.
+without a traceback and with exit status 0. A 202 means kept: Ctrl-C right after a burst of
+uploads stores every one before the broker stops (uploads during the stop get 503 and are
+never stored); a SIGKILL of the whole demo right after a burst loses none either, the next
+start stores them; and a second demo on the same data finds a new upload within seconds.
 
-One ``lookalike demo`` (a 3-listing catalogue of scikit-image photos) serves every test of
-this module; the last test stops it. Runs on the demo's own model (EfficientNet-Lite0)."""
+One ``lookalike demo`` (a 3-listing catalogue of scikit-image photos) serves the first tests of
+this module; ``test_ctrl_c_...`` stops it, the last test starts two more on the same data.
+Runs on the demo's own model (EfficientNet-Lite0)."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -24,10 +29,13 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pytest
 
-from ingest.catalogue import _photo
+from ingest.catalogue import _photo, view
 from messaging.broker import free_port
+from schemas import ids
+from store import Store, open_store
 
 pytestmark = pytest.mark.e2e
 LOOKALIKE = str(Path(sys.executable).parent / "lookalike")
@@ -36,6 +44,7 @@ ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking"]
 START_TIMEOUT_S = 900  # model load, extraction and the Spark query on a busy 2-core machine
 SEARCHABLE_TIMEOUT_S = 120  # a deadline, not a speed goal (that is measured, see the README)
+BURST = 24  # uploads acknowledged right before a stop (the issue's scenario)
 
 
 @dataclass
@@ -44,6 +53,7 @@ class LiveDemo:
     url: str
     photos: Path
     output: list[str] = field(default_factory=list)  # appended by a reader thread
+    reader: threading.Thread | None = None
 
     def text(self) -> str:
         return "".join(self.output)
@@ -78,10 +88,8 @@ def _photos(root: Path) -> Path:
     return catalogue
 
 
-@pytest.fixture(scope="module")
-def live_demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveDemo]:
-    root = tmp_path_factory.mktemp("live-demo")
-    catalogue = _photos(root)
+def _start(root: Path, catalogue: Path) -> LiveDemo:
+    """``lookalike demo --images CATALOGUE`` with its data in ``root/data``, serving."""
     port = free_port()
     env = {
         **os.environ,
@@ -107,21 +115,37 @@ def live_demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveDemo]:
         for line in proc.stdout:
             demo.output.append(line)
 
-    reader = threading.Thread(target=read, daemon=True)
-    reader.start()
+    demo.reader = threading.Thread(target=read, daemon=True)
+    demo.reader.start()
     try:
         demo.wait_for_line(r"API key for this session: \S+", START_TIMEOUT_S)
         _wait_ready(demo, 60)
+    except BaseException:
+        _stop(demo)
+        raise
+    return demo
+
+
+def _stop(demo: LiveDemo) -> None:
+    if demo.proc.poll() is None:  # a test failed before it stopped the demo
+        demo.proc.terminate()  # the demo stops its broker (in a process group of its own)
+        try:
+            demo.proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(demo.proc.pid, signal.SIGKILL)
+            demo.proc.wait()
+    if demo.reader is not None:
+        demo.reader.join(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def live_demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveDemo]:
+    root = tmp_path_factory.mktemp("live-demo")
+    demo = _start(root, _photos(root))
+    try:
         yield demo
     finally:
-        if proc.poll() is None:  # a test failed before the last one stopped it
-            proc.terminate()  # the demo stops its broker (in a process group of its own)
-            try:
-                proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
-        reader.join(timeout=10)
+        _stop(demo)
 
 
 def _wait_ready(demo: LiveDemo, timeout_s: float) -> None:
@@ -215,14 +239,129 @@ def test_the_page_adds_a_photo(live_demo: LiveDemo) -> None:
             browser.close()
 
 
-def test_ctrl_c_stops_everything_cleanly(live_demo: LiveDemo) -> None:
+def _burst_photos(root: Path, first: int) -> list[Path]:
+    """``BURST`` photos found in no listing yet (views of one scikit-image photo)."""
+    folder = root / f"burst-{first}"
+    folder.mkdir()
+    photo = _photo("chelsea")
+    paths = []
+    for n in range(first, first + BURST):
+        paths.append(folder / f"{n}.jpg")
+        view(photo, np.random.default_rng(n), mirror=n % 2 == 1).save(paths[-1], quality=90)
+    return paths
+
+
+def _upload_burst(demo: LiveDemo, photos: list[Path], listing: str) -> list[uuid.UUID]:
+    """Every photo uploaded at once (8 at a time); the image ids, each answered 202."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(
+            pool.map(lambda p: _post(f"{demo.url}/v1/images", {"listing": listing}, p, demo.key), photos)
+        )
+    assert [status for status, _ in answers] == [202] * len(photos), answers
+    return [uuid.UUID(a["image_id"]) for _, a in answers]
+
+
+def _image_id(listing: str, photo: Path) -> uuid.UUID:
+    return ids.image_id(listing, hashlib.sha256(photo.read_bytes()).hexdigest())
+
+
+def _store(demo: LiveDemo) -> Store:
+    return open_store(f"sqlite:///{demo.photos / 'data' / 'lookalike.db'}")
+
+
+def test_ctrl_c_right_after_a_burst_stores_every_upload_then_stops_cleanly(live_demo: LiveDemo) -> None:
     broker_port = int(live_demo.wait_for_line(r"embedded Kafka broker \(Tansu\) on 127\.0\.0\.1:(\d+)", 0)[1])
+    store = _store(live_demo)
+    images_before = store.count("images")
+    accepted = _upload_burst(live_demo, _burst_photos(live_demo.photos, 0), "burst")
+    stop_sent = time.monotonic()
     os.killpg(live_demo.proc.pid, signal.SIGINT)  # what Ctrl-C in the terminal does
-    assert live_demo.proc.wait(timeout=60) == 0, live_demo.text()
+    late_photo = _burst_photos(live_demo.photos, 100)[0]
+    try:  # while it drains it still answers, refusing writes; once stopped, nothing answers
+        status, refused = _post(f"{live_demo.url}/v1/images", {"listing": "late"}, late_photo, live_demo.key)
+        assert status == 503 and "stopping" in refused["detail"], refused
+    except OSError:
+        pass
+    assert live_demo.proc.wait(timeout=300) == 0, live_demo.text()
+    print(f"Ctrl-C right after {BURST} uploads: stopped in {time.monotonic() - stop_sent:.1f}s")
     time.sleep(0.5)  # the reader thread takes the last lines
     out = live_demo.text()
     assert "Traceback" not in out, out
     assert "embedded broker stopped" in out
-    assert out.index("stopping the extract worker") < out.index("embedded broker stopped")
+    assert (
+        out.index("drained in")
+        < out.index("stopping the extract worker")
+        < out.index("embedded broker stopped")
+    )
     with pytest.raises(OSError), socket.create_connection(("127.0.0.1", broker_port), timeout=1):
         pass
+    # every acknowledged upload stored, each once; the refused one not at all
+    assert store.existing_images(accepted, _model_name(live_demo)) == set(accepted)
+    assert store.count("images") == images_before + BURST
+    assert store.image_record(_image_id("late", late_photo)) is None
+    store.close()
+
+
+def _model_name(demo: LiveDemo) -> str:
+    return demo.wait_for_line(r"model: (\S+) \(", 0).group(1)
+
+
+def test_sigkill_right_after_a_burst_then_a_restart_stores_every_upload(live_demo: LiveDemo) -> None:
+    """A second demo on the same data finds a new upload within seconds; a SIGKILL of the whole
+    demo right after a burst loses none of it: the third start stores it before serving."""
+    assert live_demo.proc.poll() is not None, "runs after the Ctrl-C test"
+    catalogue = live_demo.photos / "catalogue"
+    second = _start(live_demo.photos, catalogue)
+    try:
+        found = _found_after_upload(second, live_demo.photos / "rocket.jpg", "rocket-again")
+        print(f"second demo on the same data: upload -> found by a search: {found:.2f}s")
+        store = _store(second)
+        images_before = store.count("images")
+        accepted = _upload_burst(second, _burst_photos(live_demo.photos, 200), "killed")
+        os.killpg(second.proc.pid, signal.SIGKILL)  # the whole demo, no handler runs
+        second.proc.wait(timeout=60)
+    finally:
+        _stop(second)
+    model = _model_name(second)
+    lost_at_kill = len(accepted) - len(store.existing_images(accepted, model))
+    print(f"SIGKILL right after {BURST} uploads: {lost_at_kill} not stored yet when killed")
+
+    third = _start(live_demo.photos, catalogue)
+    try:
+        assert store.existing_images(accepted, model) == set(accepted), third.text()
+        assert store.count("images") == images_before + BURST  # each once
+        for image in accepted[:3]:  # in the index of the restarted demo
+            status, _ = _post_json(f"{third.url}/v1/search", {"image_id": str(image)})
+            assert status == 200
+        if lost_at_kill:  # what the broker lost came back from the outbox
+            replayed = re.search(r"outbox: (\d+) acknowledged write\(s\) not stored yet", third.text())
+            assert replayed is not None and int(replayed[1]) >= lost_at_kill, third.text()
+        os.killpg(third.proc.pid, signal.SIGINT)
+        assert third.proc.wait(timeout=300) == 0, third.text()
+    finally:
+        _stop(third)
+        store.close()
+    print(f"after the restart: {BURST}/{BURST} stored, {lost_at_kill} of them from the outbox")
+
+
+def _found_after_upload(demo: LiveDemo, photo: Path, listing: str) -> float:
+    sent = time.monotonic()
+    status, accepted = _post(f"{demo.url}/v1/images", {"listing": listing}, photo, demo.key)
+    assert status == 202, accepted
+    while time.monotonic() - sent < SEARCHABLE_TIMEOUT_S:
+        status, _ = _post_json(f"{demo.url}/v1/search", {"image_id": accepted["image_id"]})
+        if status == 200:
+            return time.monotonic() - sent
+        time.sleep(0.2)
+    raise AssertionError(f"upload {accepted} not searchable:\n{demo.text()}")
+
+
+def _post_json(url: str, body: dict) -> tuple[int, dict]:  # type: ignore[type-arg]
+    request = urllib.request.Request(url, json.dumps(body).encode(), {"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=120) as response:
+            return response.status, json.load(response)
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.load(exc)

@@ -164,6 +164,7 @@ def test_readiness_and_metrics(client: TestClient) -> None:
         "store": "ok",
         "index": "ok: 10 vectors",
         "model": "vgg16_fc7 (32-d, weights random:tiny-test)",
+        "follower": "off",
         "broker": "not configured",
     }
     client.post("/v1/search", json={"listing_id": str(LISTINGS["listing-0"])})

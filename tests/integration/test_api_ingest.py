@@ -17,7 +17,7 @@ from PIL import Image
 from pydantic import SecretStr
 
 from api.app import create_app
-from config.settings import ApiSettings, KafkaSettings, Settings
+from config.settings import ApiSettings, BlobSettings, KafkaSettings, Settings
 from lookalike.stack import api_components
 from messaging.consumer import consumer_config
 from schemas import ids
@@ -40,6 +40,11 @@ def _read(broker: str, topic: str, n: int) -> list[Any]:
     return messages
 
 
+def tmp_blobs(tmp_path: Path) -> BlobSettings:
+    """Pixels and the ingest outbox in the test's folder, not the checkout's data/."""
+    return BlobSettings(url=(tmp_path / "blobs").as_uri())
+
+
 def test_upload_and_stock_reach_the_broker(broker: str, sqlite_store, tmp_path: Path, unique: str) -> None:  # type: ignore[no-untyped-def]
     from messaging.admin import ensure_topics
 
@@ -47,7 +52,7 @@ def test_upload_and_stock_reach_the_broker(broker: str, sqlite_store, tmp_path: 
     ensure_topics(kafka.client_config(), [kafka.images_topic, kafka.stock_topic], 2)
     png = io.BytesIO()
     Image.new("RGB", (20, 10), "red").save(png, format="PNG")
-    settings = replace(Settings.from_env(), kafka=kafka)
+    settings = replace(Settings.from_env(), kafka=kafka, blobs=tmp_blobs(tmp_path))
     app = create_app(
         ApiSettings(keys=[SecretStr("k")]), api_components(settings, seeded_service(sqlite_store, tmp_path))
     )
@@ -88,7 +93,8 @@ def test_removals_reach_the_broker_and_leave_the_results_at_once(  # type: ignor
     ensure_topics(kafka.client_config(), [kafka.images_topic], 2)
     service = seeded_service(sqlite_store, tmp_path)
     app = create_app(
-        ApiSettings(keys=[SecretStr("k")]), api_components(replace(Settings.from_env(), kafka=kafka), service)
+        ApiSettings(keys=[SecretStr("k")]),
+        api_components(replace(Settings.from_env(), kafka=kafka, blobs=tmp_blobs(tmp_path)), service),
     )
     image_listing, gone_listing = LISTINGS["listing-3"], LISTINGS["listing-4"]
     image = sqlite_store.listing_images(image_listing)[0].image_id

@@ -18,7 +18,7 @@ from schemathesis.checks import not_a_server_error
 from schemathesis.core.result import Err
 
 from api.app import create_app
-from config.settings import ApiSettings, KafkaSettings, Settings
+from config.settings import ApiSettings, BlobSettings, KafkaSettings, Settings
 from lookalike.stack import api_components
 from messaging.admin import ensure_topics
 from store.sqlite import SQLiteStore
@@ -32,7 +32,10 @@ def test_no_input_makes_a_server_error(tmp_path: Path, broker: str, unique: str)
     store.apply_schema()
     kafka = KafkaSettings(bootstrap=broker, images_topic=f"img-{unique}", stock_topic=f"stock-{unique}")
     ensure_topics(kafka.client_config(), [kafka.images_topic, kafka.stock_topic], 1)
-    components = api_components(replace(Settings.from_env(), kafka=kafka), seeded_service(store, tmp_path))
+    blobs = BlobSettings(url=(tmp_path / "blobs").as_uri())  # the outbox too: not the checkout's data/
+    components = api_components(
+        replace(Settings.from_env(), kafka=kafka, blobs=blobs), seeded_service(store, tmp_path)
+    )
     assert components.ingest is not None  # the real broker: requests with the key reach the ingest paths
     app = create_app(ApiSettings(keys=[SecretStr("k")]), components)
     with TestClient(app):  # runs the lifespan: the service in place

@@ -1,6 +1,7 @@
 """The blob store (store/blobs.py): a folder, and an S3-compatible object store played by
 moto's ThreadedMotoServer (a stand-in for S3 / MinIO: a real HTTP server speaking the S3
-protocol, in process); and the writer that keeps pixels with retries (extract/writer.py)."""
+protocol, in process); the writer that keeps pixels with retries (extract/writer.py); and the
+ingest outbox kept in it as records (store/outbox.py)."""
 
 from __future__ import annotations
 
@@ -14,10 +15,11 @@ import pytest
 
 from config.settings import BlobSettings
 from extract.writer import StoreWriter
-from schemas.messages import DeleteMessage
+from schemas.messages import OUTBOX, DeleteMessage, ImageMessage, outbox_name
 from schemas.records import Extracted, ImageRecord
 from store import Store
 from store.blobs import BlobError, BlobMissing, BlobStore, BlobUnavailable, FileBlobs, blob_key, open_blobs
+from store.outbox import PREFIX, Outbox
 from tests.conftest import jpeg_bytes
 
 
@@ -179,3 +181,62 @@ def test_listing_removal_removes_every_image_s_pixels(sqlite_store: Store, file_
     writer.apply([], [(0, DeleteMessage(listing))])
     assert not any(file_blobs.path(i).exists() for i in images)
     assert sqlite_store.count("images") == 0
+
+
+# -- records, and the ingest outbox kept as records --------------------------------------------
+
+
+def test_records_are_kept_listed_by_prefix_and_removed(blobs: BlobStore) -> None:
+    for name in ("outbox/2", "outbox/1", "other/1"):
+        blobs.put_record(name, name.encode())
+    blobs.put_record("outbox/1", b"replaced")
+    assert blobs.record_names("outbox/") == ["outbox/1", "outbox/2"]
+    assert blobs.get_record("outbox/1") == b"replaced"
+    blobs.delete_record("outbox/1")
+    blobs.delete_record("outbox/1")  # twice: nothing there is not an error
+    with pytest.raises(BlobMissing):
+        blobs.get_record("outbox/1")
+    assert blobs.record_names("outbox/") == ["outbox/2"] and blobs.record_names("none/") == []
+    for bad in ("../escape", "/abs", "a//b", "", "a/../b"):
+        with pytest.raises(BlobError, match="record name"):
+            blobs.put_record(bad, b"x")
+
+
+def test_records_do_not_mix_with_pixels(file_blobs: FileBlobs) -> None:
+    file_blobs.put_record("outbox/x", b"record")
+    assert file_blobs.root.joinpath("records", "outbox", "x").read_bytes() == b"record"
+    assert [p.name for p in file_blobs.root.iterdir()] == ["records"]  # no shard folder holds it
+
+
+def test_the_outbox_keeps_writes_in_the_order_they_were_accepted(blobs: BlobStore) -> None:
+    outbox = Outbox(blobs)
+    listing = uuid.uuid4()
+    upload = ImageMessage(
+        listing, uuid.uuid4(), "rocket \u00e9t\u00e9", "image/jpeg", "upload", jpeg_bytes(3)
+    )
+    removal = DeleteMessage(listing)
+    first = outbox.keep("images", upload.key(), upload.payload, upload.headers())
+    second = outbox.keep("images", removal.key(), b"", removal.headers())
+    third = outbox.keep("stock", b"k", b'{"inventory": 1}', [])
+    assert outbox.names() == [first.name, second.name, third.name]
+    assert all(n.startswith(PREFIX) for n in outbox.names())
+
+    kept = list(outbox.pending())
+    assert kept == [first, second, third]
+    assert ImageMessage.from_kafka(kept[0].headers, kept[0].value) == upload  # bytes, names, ids intact
+    assert outbox_name(kept[1].message_headers()) == second.name
+    assert kept[1].message_headers()[-1] == (OUTBOX, second.name.encode())
+
+    # the hook of the consumer loops: stored messages clear their records; others are left
+    assert outbox.done_with([first.message_headers(), [("outbox", b"elsewhere/x")], []]) == 1
+    assert outbox.names() == [second.name, third.name]
+    outbox.done(third.name)
+    assert [e.name for e in outbox.pending()] == [second.name]
+
+
+def test_an_unreadable_outbox_record_is_left_and_skipped(file_blobs: FileBlobs) -> None:
+    outbox = Outbox(file_blobs)
+    file_blobs.put_record(f"{PREFIX}00-damaged", b"not json\n")
+    good = outbox.keep("stock", b"k", b"v", [])
+    assert [e.name for e in outbox.pending()] == [good.name]
+    assert f"{PREFIX}00-damaged" in outbox.names()

@@ -69,6 +69,9 @@ class FakeProducer:
     def send(self, topic: str, key: bytes, value: bytes, headers: list[tuple[str, Any]]) -> None:
         self.sent.append((value, dict(headers)))
 
+    def send_and_wait(self, topic: str, key: bytes, value: bytes, headers: list[tuple[str, Any]]) -> None:
+        self.send(topic, key, value, headers)
+
     def flush(self) -> int:
         self.flushes += 1
         return len(self.sent)
