@@ -293,10 +293,9 @@ def serve(ctx: typer.Context) -> None:
         from lookalike.processes import serve_processes
 
         try:
-            status = serve_processes(settings)
+            serve_processes(settings)  # never returns: this process becomes their supervisor
         except (RuntimeError, ValueError, OSError) as exc:
             fail(str(exc))
-        raise typer.Exit(status)
     app_ = create_app(settings.api, lambda: stack.api_components(settings))
     uvicorn.run(app_, host=settings.api.host, port=settings.api.port)
 

@@ -8,9 +8,12 @@ kernels, so each fork is clean. It then forks the workers. Each maps the snapsho
 images and removals reach every process), its own ingest producer, and serves on its own
 socket bound to the one port with ``SO_REUSEPORT`` (the kernel spreads connections over them).
 
-The workers run in their own process group: the parent forwards SIGINT and SIGTERM to them
-once, and each stops as ``lookalike serve`` does. A worker that exits on its own stops the
-others, and the parent exits with its status (the orchestrator restarts the whole).
+Once they are forked, the parent execs the supervisor (``lookalike/supervise.py``): same pid,
+still their parent, without the memory it loaded for them. The workers run in their own
+process group: the supervisor forwards SIGINT and SIGTERM to them once, and each stops as
+``lookalike serve`` does. A worker that exits on its own stops the others, and the supervisor
+exits with its status (the orchestrator restarts the whole); a killed supervisor takes the
+workers with it (PR_SET_PDEATHSIG).
 """
 
 from __future__ import annotations
@@ -22,8 +25,8 @@ import logging
 import os
 import signal
 import socket
+import sys
 from pathlib import Path
-from types import FrameType
 from typing import NoReturn
 
 from config.settings import Settings
@@ -33,8 +36,9 @@ PR_SET_PDEATHSIG = 1
 BACKLOG = 2048
 
 
-def serve_processes(settings: Settings) -> int:
-    """Serve the API from ``settings.api.processes`` processes until a signal; the exit status."""
+def serve_processes(settings: Settings) -> NoReturn:
+    """Serve the API from ``settings.api.processes`` processes until a signal; this process
+    then supervises them (``lookalike/supervise.py``) and exits with their status."""
     import uvicorn  # noqa: F401  # imported before the forks: its pages are shared
 
     from api.app import create_app  # noqa: F401
@@ -42,14 +46,20 @@ def serve_processes(settings: Settings) -> int:
 
     snapshot = _snapshot_in_child(settings)
     host, processes = settings.api.host, settings.api.processes
-    holder = _reuseport_socket(host, settings.api.port)  # holds the port (no listen: gets no connections)
-    port = holder.getsockname()[1]
+    sockets = _listening(host, settings.api.port, processes)
     gc.freeze()  # the imported objects stay out of the workers' collections: their pages stay shared
-    workers = {_fork(_worker, settings, snapshot, i, processes, port): i for i in range(processes)}
+    workers = {_fork(_worker, settings, snapshot, i, processes, sockets): i for i in range(processes)}
+    port = sockets[0].getsockname()[1]
     log.info("serving on http://%s:%d with %d processes over %s", host, port, processes, snapshot)
-    status = _supervise(workers)
-    holder.close()
-    return status
+    for sock in sockets:
+        sock.close()
+    logging.shutdown()
+    # this process becomes a small supervisor of its workers (same pid, still their parent):
+    # the imports' pages it leaves are the workers' alone, shared among them
+    os.execv(
+        sys.executable,
+        [sys.executable, "-m", "lookalike.supervise", *(f"{p}:{i}" for p, i in workers.items())],
+    )
 
 
 def _snapshot_in_child(settings: Settings) -> Path:
@@ -84,20 +94,20 @@ def _write_snapshot(settings: Settings) -> Path:
         store.close()
 
 
-def _worker(settings: Settings, snapshot: Path, i: int, processes: int, port: int) -> None:
+def _worker(settings: Settings, snapshot: Path, i: int, processes: int, sockets: list[socket.socket]) -> None:
     import uvicorn
 
     from api.app import create_app
     from lookalike import stack
 
+    for other in sockets[:i] + sockets[i + 1 :]:
+        other.close()
     process = f"worker {i + 1} of {processes}, pid {os.getpid()}"
     app = create_app(
         settings.api,
         lambda: stack.api_components(settings, snapshot=snapshot, process=process, score_arrivals=i == 0),
     )
-    sock = _reuseport_socket(settings.api.host, port)
-    sock.listen(BACKLOG)
-    uvicorn.Server(uvicorn.Config(app)).run(sockets=[sock])
+    uvicorn.Server(uvicorn.Config(app)).run(sockets=[sockets[i]])
 
 
 def _fork(target: object, *args: object) -> int:
@@ -125,43 +135,16 @@ def _exit_after(run: object) -> NoReturn:
         os._exit(code)
 
 
-def _supervise(workers: dict[int, int]) -> int:
-    """Wait for the workers; forward SIGINT/SIGTERM once; stop all when one exits on its own."""
-    stopping: list[int] = []
-    status = 0
-
-    def stop(signum: int, _: FrameType | None = None) -> None:
-        if not stopping:
-            stopping.append(signum)
-            for pid in workers:
-                _signal(pid, signal.SIGTERM if signum == signal.SIGTERM else signal.SIGINT)
-
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, stop)
-    while workers:
-        try:
-            pid, wait_status = os.wait()
-        except ChildProcessError:
-            break
-        i = workers.pop(pid, None)
-        code = os.waitstatus_to_exitcode(wait_status)
-        if i is not None and not stopping:
-            log.error("worker %d (pid %d) exited with %d: stopping the others", i + 1, pid, code)
-            status = code or 1
-            stop(signal.SIGTERM)
-    return status
-
-
-def _signal(pid: int, signum: int) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signum)
-
-
-def _reuseport_socket(host: str, port: int) -> socket.socket:
+def _listening(host: str, port: int, count: int) -> list[socket.socket]:
+    """``count`` sockets listening on one port with SO_REUSEPORT, one per worker: the kernel
+    spreads new connections over them (port 0: a free port, the same for all)."""
     family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
-    sock = socket.socket(family, kind, proto)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    sock.bind(address)
-    sock.set_inheritable(True)
-    return sock
+    sockets: list[socket.socket] = []
+    for _ in range(count):
+        sock = socket.socket(family, kind, proto)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind(sockets[0].getsockname() if sockets else address)
+        sock.listen(BACKLOG)
+        sockets.append(sock)
+    return sockets
