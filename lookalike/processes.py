@@ -26,6 +26,8 @@ import os
 import signal
 import socket
 import sys
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import NoReturn
 
@@ -48,7 +50,9 @@ def serve_processes(settings: Settings) -> NoReturn:
     host, processes = settings.api.host, settings.api.processes
     sockets = _listening(host, settings.api.port, processes)
     gc.freeze()  # the imported objects stay out of the workers' collections: their pages stay shared
-    workers = {_fork(_worker, settings, snapshot, i, processes, sockets): i for i in range(processes)}
+    workers = {
+        _fork(partial(_worker, settings, snapshot, i, processes, sockets)): i for i in range(processes)
+    }
     port = sockets[0].getsockname()[1]
     log.info("serving on http://%s:%d with %d processes over %s", host, port, processes, snapshot)
     for sock in sockets:
@@ -110,23 +114,22 @@ def _worker(settings: Settings, snapshot: Path, i: int, processes: int, sockets:
     uvicorn.Server(uvicorn.Config(app)).run(sockets=[sockets[i]])
 
 
-def _fork(target: object, *args: object) -> int:
+def _fork(run: Callable[[], object]) -> int:
+    """A worker process running ``run``: its pid."""
     pid = os.fork()
     if pid:
         return pid
     os.setpgid(0, 0)  # a terminal's Ctrl-C reaches the parent only, which forwards it once
-    with contextlib.suppress(
-        OSError, AttributeError
-    ):  # best effort (Linux): stop with the parent, even a killed one
+    with contextlib.suppress(OSError, AttributeError):  # best effort (Linux): stop with the parent
         ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-    _exit_after(lambda: target(*args))  # type: ignore[operator]
+    _exit_after(run)
 
 
-def _exit_after(run: object) -> NoReturn:
+def _exit_after(run: Callable[[], object]) -> NoReturn:
     """Run, then leave this forked process without the parent's exit handlers."""
     code = 0
     try:
-        run()  # type: ignore[operator]
+        run()
     except BaseException:
         log.exception("process %d failed", os.getpid())
         code = 1

@@ -2,7 +2,8 @@
 both processes serve one snapshot's vectors through a shared mapping (each worker's smaps shows
 the file's pages as shared), and an image stored or deleted afterwards becomes visible or
 invisible in BOTH processes through each one's own follower: the store scan, and the stream
-follower on the real (embedded) broker for an upload and a removal made through the API.
+follower on the real (embedded) broker for an upload and a removal made through the API. A
+worker that dies stops the other and the server exits non-zero.
 
 Which process answers is the kernel's choice (SO_REUSEPORT): each check opens a new
 connection, asks ``/readyz`` which worker it is and searches on the same connection, until
@@ -53,13 +54,13 @@ def _store_image(store: SQLiteStore, listing: uuid.UUID, image: uuid.UUID, seed:
     )
 
 
-Served = tuple[str, SQLiteStore]
+Served = tuple[str, SQLiteStore, "subprocess.Popen[bytes]"]
 
 
 @contextlib.contextmanager
 def serving(tmp_path: Path, **env: str) -> Iterator[Served]:
     """``lookalike serve`` with two processes over a store of 20 vectors, stopped by SIGTERM
-    at the end (it must exit 0)."""
+    at the end (it must exit 0) unless the test stopped it."""
     store = SQLiteStore(f"sqlite:///{tmp_path / 'lookalike.db'}")
     store.apply_schema()
     store.put_model(MODEL)
@@ -86,8 +87,9 @@ def serving(tmp_path: Path, **env: str) -> Iterator[Served]:
         base = f"http://127.0.0.1:{port}"
         try:
             _wait_ready(base, proc, log_path)
-            yield base, store
+            yield base, store, proc
         finally:
+            stopped_by_test = proc.poll() is not None
             proc.send_signal(signal.SIGTERM)
             try:
                 code = proc.wait(timeout=60)
@@ -95,7 +97,7 @@ def serving(tmp_path: Path, **env: str) -> Iterator[Served]:
                 proc.kill()
                 raise
             store.close()
-        assert code == 0, log_path.read_text()
+        assert stopped_by_test or code == 0, log_path.read_text()
 
 
 def _wait_ready(base: str, proc: subprocess.Popen[bytes], log: Path) -> None:
@@ -126,7 +128,7 @@ def _in_every_worker(base: str, check: Callable[[httpx.Response], bool], image: 
 
 
 def test_two_processes_share_the_vectors_and_both_follow_the_store(tmp_path: Path) -> None:
-    with serving(tmp_path, LOOKALIKE_SEARCH_FOLLOW="scan") as (base, store):
+    with serving(tmp_path, LOOKALIKE_SEARCH_FOLLOW="scan") as (base, store, proc):
         listing, image = uuid.uuid4(), uuid.uuid4()
         _store_image(store, listing, image, 99)  # after the snapshot: each follower must find it
         workers = _in_every_worker(base, lambda r: r.status_code == 200, image)
@@ -139,6 +141,10 @@ def test_two_processes_share_the_vectors_and_both_follow_the_store(tmp_path: Pat
         for pid in workers.values():  # the map's pages are shared: in the page cache once
             shared, private = _mapping(pid, vectors)
             assert shared > 0 and private == 0, (pid, shared, private)
+
+        os.kill(workers["worker 1 of 2"], signal.SIGKILL)  # a worker that dies stops the server
+        assert proc.wait(timeout=60) != 0
+        assert not Path(f"/proc/{workers['worker 2 of 2']}").exists()  # the other one stopped too
 
 
 def test_an_upload_and_a_removal_reach_both_processes_through_the_broker(
@@ -153,7 +159,7 @@ def test_an_upload_and_a_removal_reach_both_processes_through_the_broker(
         "LOOKALIKE_SEARCH_FOLLOW": "stream",
         "LOOKALIKE_API_KEYS": "k",
     }
-    with serving(tmp_path, **env) as (base, store):
+    with serving(tmp_path, **env) as (base, store, _):
         files = {"image": ("a.jpg", jpeg_bytes(5), "image/jpeg")}
         accepted = httpx.post(
             f"{base}/v1/images", files=files, data={"listing": "new"}, headers=KEY, timeout=60
