@@ -9,11 +9,12 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 
+from api import bodies
 from api.deps import Components, ModelQueue
 from api.metrics import ApiMetrics
 from api.routers import analytics, health, images, ingest, listings, models, search
@@ -41,7 +42,9 @@ def create_app(settings: ApiSettings, components: Components | Callable[[], Comp
         version="0.1.0",
         lifespan=lifespan,
         description="Find listings that look like a photo.",
+        dependencies=[Depends(bodies.body_type)],  # a body of a type the endpoint does not read: 415
     )
+    bodies.install(app)
     app.state.settings = settings
     app.state.model_queue = ModelQueue(settings.model_concurrency, settings.model_queue)
     app.state.metrics = ApiMetrics()

@@ -87,6 +87,7 @@ class Components:
     service: SearchService  # the query pipeline: image -> vector -> ranked listings -> stored answer
     ingest: Ingest | None = None  # None: no broker, the ingest endpoints answer 503
     blobs: BlobStore | None = None  # where the pixels are kept; None: only file:// URIs are served
+    process: str = ""  # which of several serving processes this is ("worker 2 of 3, pid 123")
 
 
 def _components(request: Request) -> Components:

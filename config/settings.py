@@ -277,6 +277,11 @@ class ApiSettings(BaseSettings):
     """Uploads embedded at once."""
     model_queue: int = Field(default=32, ge=0)
     """Uploads waiting for the model; more get 503 with `Retry-After`."""
+    processes: int = Field(default=1, ge=1, le=256)
+    """Serving processes of `lookalike serve` on the one port. More than 1: the store's vectors
+    are written once to a snapshot under `LOOKALIKE_DATA_DIR` that every process maps
+    read-only (one copy in memory whatever the count; memory tier only), and each process
+    follows new images and removals itself."""
     drain_timeout_s: float = Field(default=120.0, ge=0)
     """A graceful stop of the demo (Ctrl-C, SIGTERM) lets its workers store what the broker holds
     for at most this long; what is left then is produced again from the outbox at the next start."""

@@ -281,13 +281,21 @@ def features_import(
 
 @app.command()
 def serve(ctx: typer.Context) -> None:
-    """Serve the HTTP API and the web page."""
+    """Serve the HTTP API and the web page (from LOOKALIKE_API_PROCESSES processes that share
+    one copy of the vectors)."""
     import uvicorn
 
     from api.app import create_app
     from lookalike import stack
 
     settings = settings_of(ctx)
+    if settings.api.processes > 1:
+        from lookalike.processes import serve_processes
+
+        try:
+            serve_processes(settings)  # never returns: this process becomes their supervisor
+        except (RuntimeError, ValueError, OSError) as exc:
+            fail(str(exc))
     app_ = create_app(settings.api, lambda: stack.api_components(settings))
     uvicorn.run(app_, host=settings.api.host, port=settings.api.port)
 

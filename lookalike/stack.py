@@ -7,6 +7,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from analytics.fresh import AlertPublisher, FreshScorer
 from analytics.run import analytics_store
@@ -73,28 +74,44 @@ def search_service(
     *,
     progress: bool = False,
     score_arrivals: bool = False,
+    snapshot: Path | None = None,
 ) -> SearchService:
     """The engine over every stored vector of ``model`` (the configured one by default), kept
     fresh by a follower; the CNN for image queries is loaded on first use. ``score_arrivals``:
-    the follower also scores new images against the last analytics run (and alerts)."""
+    the follower also scores new images against the last analytics run (and alerts).
+    ``snapshot``: the vectors mapped from that snapshot instead of scanned from the store."""
     info = stored_model(store, model or model_name(settings))
     kafka = settings.kafka if settings.kafka.bootstrap else None
     following = settings.search.follow in ("stream", "scan") or (settings.search.follow == "auto" and kafka)
     observers = arrival_observers(settings, store, info.name) if score_arrivals and following else []
-    index = load_index(store, info, settings.search, kafka, progress=progress, observers=observers)
+    index = load_index(
+        store, info, settings.search, kafka, progress=progress, observers=observers, snapshot=snapshot
+    )
     return SearchService(store, index, lazy(lambda: configured_model(settings)), settings.model.max_pixels)
 
 
-def api_components(settings: Settings, service: SearchService | None = None) -> Components:
+def api_components(
+    settings: Settings,
+    service: SearchService | None = None,
+    *,
+    snapshot: Path | None = None,
+    process: str = "",
+    score_arrivals: bool = True,
+) -> Components:
     """What the API's routers use: the query service (loaded from the store unless given) and,
-    when Kafka is configured, the ingest producer."""
+    when Kafka is configured, the ingest producer. One of several serving processes
+    (``process`` says which) maps ``snapshot``; one of them scores arrivals (one alert each)."""
     service = service or search_service(
-        settings, configured_store(settings), progress=True, score_arrivals=True
+        settings,
+        configured_store(settings),
+        progress=not process,
+        score_arrivals=score_arrivals,
+        snapshot=snapshot,
     )
     kafka = settings.kafka
     blobs = configured_blobs(settings)
     if not kafka.bootstrap:
-        return Components(service, blobs=blobs)
+        return Components(service, blobs=blobs, process=process)
     # bounded delivery: an upload answered 503 is never delivered later behind the client's back
     producer = KafkaProducer(
         kafka.client_config(),
@@ -102,7 +119,7 @@ def api_components(settings: Settings, service: SearchService | None = None) -> 
         ack_timeout_s=kafka.delivery_timeout_s,
         delivery_timeout_s=kafka.delivery_timeout_s,
     )
-    return Components(service, Ingest(producer, kafka, Outbox(blobs)), blobs=blobs)
+    return Components(service, Ingest(producer, kafka, Outbox(blobs)), blobs=blobs, process=process)
 
 
 def stack_topics(kafka: KafkaSettings) -> list[str]:

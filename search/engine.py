@@ -50,6 +50,7 @@ class VectorIndex:
         self.recall_at_10: float | None = None  # measured when an ANN is built
         self.follower: Any = None  # a search.follow.Follower keeping this index fresh, if any
         self.first_pass = {"kept": 0, "full_scan": 0}  # exact single queries, by path taken
+        self.shared_main = False  # the main segment is a snapshot's mapped file (see adopt)
 
     # -- shape ----------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -64,7 +65,8 @@ class VectorIndex:
         return len(self._view.fresh)
 
     def main_segment(self) -> Segment:
-        """The main segment; its vectors are the storage of its FAISS flat index (``.flat``)."""
+        """The main segment; its vectors are the storage of its FAISS flat index (``.flat``), or
+        a snapshot's read-only map (``.flat`` None, :meth:`adopt`)."""
         return self._view.main
 
     @property
@@ -82,7 +84,7 @@ class VectorIndex:
             alive = v.main_alive & ~np.isin(v.main.image_ids, batch.image_ids)
             fresh_keep = ~np.isin(v.fresh.image_ids, batch.image_ids)
             fresh = Segment.build([v.fresh.take(fresh_keep), batch], self.dtype, self.model.dim)
-            if len(fresh) > self.settings.fresh_max_rows:
+            if len(fresh) > self.settings.fresh_max_rows and not self.shared_main:
                 self._compact(v.main, alive, fresh)
             else:
                 self._view = make_view(v.main, alive, fresh, v.ann)
@@ -115,6 +117,18 @@ class VectorIndex:
             loaded = Segment.build(parts, self.dtype, self.model.dim, with_flat=True)
             self._compact(empty, np.ones(0, bool), loaded)
 
+    def adopt(self, main: Segment) -> None:
+        """Serve ``main`` as the main segment as it is, without copying its rows: a snapshot's
+        read-only memory map (``search/snapshot.py``) that every serving process shares. It
+        has no FAISS flat index (the exact first pass is off: every exact query scans), and
+        the fresh tier is not merged into it past ``fresh_max_rows`` (that would make a
+        private copy in each process): it grows until a restart writes a new snapshot."""
+        if main.flat is not None:
+            raise ValueError("adopt takes a mapped segment; reset builds one with its flat index")
+        with self._lock:
+            self.shared_main = True
+            self._publish(main)
+
     def compact(self) -> None:
         """Merge the fresh segment into the main one (rebuilding the ANN, if any)."""
         with self._lock:
@@ -129,6 +143,11 @@ class VectorIndex:
         else:  # the main segment's vectors live in its FAISS flat index
             live = np.concatenate([alive, np.ones(len(fresh), dtype=bool)])
             merged = Segment.build([main, fresh], self.dtype, self.model.dim, live, with_flat=True)
+        self.shared_main = False
+        self._publish(merged)
+
+    def _publish(self, merged: Segment) -> None:
+        """``merged`` as the main segment, with its ANN when approximate; no fresh rows."""
         index = None
         if self.settings.mode == "approximate" and len(merged):
             index = ann.build(merged.vectors, self.settings)

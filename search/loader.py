@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
 from rich.progress import Progress
 
@@ -18,6 +19,7 @@ from search.engine import VectorIndex
 from search.follow import ChangeObserver, ChangeSource, Follower, StoreScanSource
 from search.follow_kafka import ImageStreamSource
 from search.segment import Segment
+from search.snapshot import open_snapshot
 from search.tier import SearchIndex
 from store import Store
 
@@ -33,12 +35,17 @@ def load_index(
     *,
     progress: bool = False,
     observers: Sequence[ChangeObserver] = (),
+    snapshot: Path | None = None,
 ) -> SearchIndex:
     """The index the settings ask for (``tier``), then the follower that keeps it fresh; ``kafka``
-    None: no stream to follow. ``observers`` are told each change the follower applied."""
+    None: no stream to follow. ``observers`` are told each change the follower applied.
+    ``snapshot``: the in-memory tier over that snapshot's map instead of a scan of the store
+    (its follower reads changes from when the snapshot's scan began)."""
     loaded_from_ms = int(time.time() * 1000)
     index: SearchIndex
-    if settings.tier == "compact":
+    if snapshot is not None:
+        index, loaded_from_ms = load_snapshot_index(snapshot, model, settings)
+    elif settings.tier == "compact":
         index = build_compact(store, model, settings, progress=progress)
     else:
         index = load_memory_index(store, model, settings, progress=progress)
@@ -67,6 +74,21 @@ def load_memory_index(
         index.add(FeatureBatch.concat(late, model.dim))
     log.info("index: %d vectors of %s in %d listings", len(index), model.name, index.listing_count)
     return index
+
+
+def load_snapshot_index(path: Path, model: ModelInfo, settings: SearchSettings) -> tuple[VectorIndex, int]:
+    """The in-memory tier over a snapshot mapped read-only (shared with every process mapping
+    it), the rows stored during its scan in the fresh tier; and the snapshot's generation."""
+    if settings.tier != "memory":
+        raise ValueError(f"a snapshot serves the memory tier, not LOOKALIKE_SEARCH_TIER={settings.tier}")
+    opened = open_snapshot(path, model, settings.dtype)
+    index = VectorIndex(model, settings)
+    ann.configure_threads(settings.threads)
+    index.adopt(opened.main)
+    if len(opened.late):
+        index.add(opened.late)
+    log.info("index: %d vectors of %s mapped from %s", len(index), model.name, path)
+    return index, opened.generation
 
 
 def start_following(

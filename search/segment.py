@@ -91,14 +91,21 @@ class Segment:
         dtype: np.dtype[Any],
         dim: int,
         on_batch: Callable[[int], object] | None = None,
+        out: kernel.Vectors | None = None,
     ) -> tuple[Segment, list[FeatureBatch]]:
         """A main segment (in a FAISS flat index) from a scan, with no second matrix: the index
         is sized for ``rows`` (the store's count) and each batch is written straight into it,
         one batch converted at a time; rows are then put in (listing, image) order in place
         (a scan in that order, as SQLite's, needs no move). Rows past ``rows`` (stored after
         the count) come back as batches, for the fresh tier; fewer rows leave the rest unused.
-        Of rows sharing an image id, the last wins."""
-        index, vectors = flat.allocate(rows, dim, dtype)
+        Of rows sharing an image id, the last wins. ``out``: a (rows, dim) array to fill
+        instead (a snapshot file's writable map); the segment then has no flat index."""
+        if out is None:
+            index, vectors = flat.allocate(rows, dim, dtype)
+        elif out.shape != (rows, dim) or out.dtype != dtype:
+            raise ValueError(f"out must be ({rows}, {dim}) {dtype}, got {out.shape} {out.dtype}")
+        else:
+            index, vectors = None, out
         listing_parts, image_parts, late = [np.zeros(0, "S16")], [np.zeros(0, "S16")], []
         filled = 0
         for batch in batches:
@@ -123,7 +130,8 @@ class Segment:
             kernel.permute_rows(vectors[:filled], np.concatenate([order, dropped]))
         kept = vectors[: len(order)]
         rows_, images = listing_rows[order], image_ids[order]
-        return Segment(rows_, images, kept, _keys(rows_, images), flat.seal(index, kept)), late
+        sealed = None if index is None else flat.seal(index, kept)
+        return Segment(rows_, images, kept, _keys(rows_, images), sealed), late
 
     def take(self, mask: npt.NDArray[np.bool_]) -> Segment:
         return Segment(self.listing_ids[mask], self.image_ids[mask], self.vectors[mask], self.keys[mask])
@@ -202,8 +210,11 @@ def make_view(main: Segment, alive: npt.NDArray[np.bool_], fresh: Segment, ann: 
         merged = np.insert(np.arange(n), np.searchsorted(main.keys, fresh.keys), n + np.arange(len(fresh)))
         live = np.concatenate([alive, np.ones(len(fresh), dtype=bool)])
         order = merged[live[merged]].astype(np.int64)
-    listing_rows = np.concatenate([main.listing_ids, fresh.listing_ids])[order]
-    image_ids = np.concatenate([main.image_ids, fresh.image_ids])[order]
+    if len(order) == n and len(fresh) == 0:  # the main rows as they are: their ids, not a copy
+        listing_rows, image_ids = main.listing_ids, main.image_ids
+    else:
+        listing_rows = np.concatenate([main.listing_ids, fresh.listing_ids])[order]
+        image_ids = np.concatenate([main.image_ids, fresh.image_ids])[order]
     starts = scoring.group_starts(listing_rows)
     ends = np.append(starts[1:], len(order)).astype(np.int64)
     return View(main, alive, fresh, ann, order, listing_rows, image_ids, starts, ends, listing_rows[starts])

@@ -35,6 +35,8 @@ async def readyz(request: Request, store: StoreDep, index: IndexDep) -> JSONResp
     checks["model"] = f"{index.model.name} ({index.model.dim}-d, weights {index.model.weights})"
     follower = index.follower
     checks["follower"] = "off" if follower is None else str(follower.status)
+    if request.app.state.components.process:
+        checks["process"] = request.app.state.components.process
     ingest = request.app.state.components.ingest
     if ingest is None:
         checks["broker"] = "not configured"

@@ -13,6 +13,7 @@ from fastapi import APIRouter, Depends, Form, HTTPException, Query, Request, Upl
 from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, ConfigDict, Field
 
+from api.bodies import INSTEAD
 from api.deps import Queue, Searcher, Settings, StoreDep, read_access
 from api.routers.models import require_served
 from extract.decode import DecodeError
@@ -81,7 +82,13 @@ async def _answer(searcher: SearchService, query: SearchQuery, opts: SearchOptio
     return answer
 
 
-@router.post("/search", response_model=Answer)
+@router.post(
+    "/search",
+    response_model=Answer,
+    openapi_extra={
+        INSTEAD: "to search with a photo, post it as multipart/form-data (field image) to /v1/search/image"
+    },
+)
 async def search(body: SearchJson, searcher: Searcher) -> QueryAnswer:
     """Listings that look like an indexed image, a listing (its images combined) or a raw
     vector, best first, with stock and the matched images. To search with a photo, post it to
@@ -94,7 +101,12 @@ async def search(body: SearchJson, searcher: Searcher) -> QueryAnswer:
     return await _answer(searcher, query, SearchOptions.model_validate(body.model_dump(include=_OPTIONS)))
 
 
-@router.post("/search/image", response_model=Answer, dependencies=[Depends(_within_upload_limit)])
+@router.post(
+    "/search/image",
+    response_model=Answer,
+    dependencies=[Depends(_within_upload_limit)],
+    openapi_extra={INSTEAD: "to search by image_id, listing_id or vector, post JSON to /v1/search"},
+)
 async def search_image(
     form: Annotated[ImageSearchForm, Form(media_type="multipart/form-data")],
     searcher: Searcher,

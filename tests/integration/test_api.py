@@ -88,7 +88,8 @@ def test_search_by_ids_leaves_out_the_own_listing(client: TestClient) -> None:
         ({"json": {"listing_id": str(uuid.uuid4()), "k": 0}}, 422, "greater than or equal to 1"),
         ({"json": {"listing_id": str(uuid.uuid4()), "k": 1001}}, 422, "less than or equal to 1000"),
         ({"json": {"listing_id": str(uuid.uuid4()), "colour": "red"}}, 422, "Extra inputs"),
-        ({"content": b"hello", "headers": {"content-type": "text/plain"}}, 422, "valid dictionary"),
+        ({"content": b"hello", "headers": {"content-type": "text/plain"}}, 415, "takes a JSON object"),
+        ({"files": {"image": ("a.jpg", b"x", "image/jpeg")}}, 415, "to /v1/search/image"),
     ],
 )
 def test_bad_requests_get_a_4xx_that_says_why(
@@ -106,7 +107,7 @@ def test_bad_requests_get_a_4xx_that_says_why(
         ({"files": {"image": ("a.jpg", b"", "image/jpeg")}}, 422, "is empty"),
         ({"files": {"photo": ("a.jpg", b"x", "image/jpeg")}}, 422, "image"),
         ({"files": {"image": ("a.jpg", jpeg_bytes(1), "image/jpeg")}, "data": {"k": "0"}}, 422, "k"),
-        ({"json": {"listing_id": str(uuid.uuid4())}}, 422, "image"),
+        ({"json": {"listing_id": str(uuid.uuid4())}}, 415, "fields image (a file)"),
     ],
 )
 def test_bad_uploads_get_a_4xx_that_says_why(
