@@ -33,7 +33,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench import api_client, api_data, api_photos, api_server
+from bench import api_breakdown, api_client, api_data, api_photos, api_server
 from bench.api_targets import TARGETS, check_targets
 from config.settings import Settings
 from store import open_store
@@ -90,8 +90,10 @@ def requests_of(kind: str, queries: api_data.Queries, photos: Sequence[bytes]) -
     return [api_client.upload_request("/v1/search/image", p, {"k": "10"}) for p in photos]
 
 
-def run_catalogue(catalogue: str, mode: str, opts: Options) -> dict[str, Any]:
-    """One server over one catalogue in one mode: every kind at every level of clients."""
+def prepare(
+    catalogue: str, mode: str, opts: Options
+) -> tuple[api_data.Served, api_data.Queries, dict[str, str]]:
+    """The catalogue's store (written once), the queries to send, and the server's settings."""
     opts.progress(f"{catalogue} {mode}: preparing the store")
     target = served(catalogue, opts.data_dir)
     store = open_store(target.url)
@@ -99,7 +101,6 @@ def run_catalogue(catalogue: str, mode: str, opts: Options) -> dict[str, Any]:
         queries = api_data.sample_queries(store, target.model, SAMPLE)
     finally:
         store.close()
-    photos = api_photos.photos(8)
     env = {
         **target.env,
         **MODES[mode],
@@ -107,6 +108,13 @@ def run_catalogue(catalogue: str, mode: str, opts: Options) -> dict[str, Any]:
     }
     if catalogue != "demo":
         env |= {"LOOKALIKE_STORE": target.url, "LOOKALIKE_DATA_DIR": str(opts.data_dir / "serve")}
+    return target, queries, env
+
+
+def run_catalogue(catalogue: str, mode: str, opts: Options) -> dict[str, Any]:
+    """One server over one catalogue in one mode: every kind at every level of clients."""
+    target, queries, env = prepare(catalogue, mode, opts)
+    photos = api_photos.photos(8)
     run: dict[str, Any] = {
         "name": f"{catalogue}-{mode}",
         "catalogue": catalogue,
@@ -127,6 +135,16 @@ def run_catalogue(catalogue: str, mode: str, opts: Options) -> dict[str, Any]:
     return run
 
 
+def profile(catalogue: str, mode: str, opts: Options) -> dict[str, Any]:
+    """Where a request's time goes (bench.api_breakdown), by image id and by vector."""
+    opts.progress(f"{catalogue} {mode}: profiling")
+    _, queries, env = prepare(catalogue, mode, opts)
+    kinds = {kind: requests_of(kind, queries, []) for kind in ("image_id", "vector")}
+    levels = sorted({1, min(32, max(opts.clients))})
+    found = api_breakdown.breakdown(env, opts.data_dir, f"{catalogue}-{mode}", kinds, levels, opts.requests)
+    return {"catalogue": catalogue, "mode": mode, "clients": levels, **found}
+
+
 def measure_kind(
     server: api_server.Server, kind: str, requests: list[bytes], opts: Options, label: str
 ) -> dict[str, Any]:
@@ -141,6 +159,7 @@ def measure_kind(
             server.process.pid, before, after, HANDLERS[kind], len(level.latencies)
         )
         figures["mean_batch_size"] = figures["server"].pop("mean_batch_size")
+        figures["machine_load_1m"] = round(os.getloadavg()[0], 1)  # other work on the machine
         levels[f"clients_{clients}"] = figures
     one = levels.get("clients_1", {}).get("requests_per_s")
     for figures in levels.values():
@@ -207,11 +226,14 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     if not args.no_ceiling:
         report["client"]["ceiling"] = client_ceiling(opts)
     runs = []
-    for catalogue in catalogues:
+    for catalogue in [] if args.no_runs else catalogues:
         for mode in ["exact"] if catalogue == "demo" else args.modes.split(","):
             runs.append(run_catalogue(catalogue, mode, opts))
-    opts.progress("")
     report["runs"] = runs
+    if args.profile:
+        first = catalogues[0]
+        report["profile"] = profile(first, "exact" if first == "demo" else args.modes.split(",")[0], opts)
+    opts.progress("")
     report["targets"] = check_targets(runs, TARGETS)
     text = json.dumps(report, indent=2) + "\n"
     sys.stdout.write(text)
@@ -236,6 +258,8 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     add("--requests", type=int, default=300, help="searches per level (>= 2 a client)")
     add("--upload-requests", type=int, default=48, help="uploads per level (>= 2 a client)")
     add("--data-dir", type=Path, default=Path("data/bench"), help="the catalogues' folder")
+    add("--profile", action="store_true", help="add where a request's time goes (first catalogue)")
+    add("--no-runs", action="store_true", help="only the profile (with --profile)")
     add("--no-ceiling", action="store_true", help="skip the client's ceiling")
     add("--note", default="", help="a line kept in the JSON (e.g. the machine was shared)")
     add("--save", default="", help="also write bench/results/NAME.json (or a path)")

@@ -76,6 +76,35 @@ async def exchange(
     return status, await reader.read()
 
 
+class Connection:
+    """One client's kept-alive connection. The server closes connections idle for a few seconds
+    (uvicorn's keep-alive timeout), e.g. while many clients warm up: a request that finds its
+    connection closed before any answer came is sent again on a new one."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.reconnects = 0
+        self.streams: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
+
+    async def send(self, raw: bytes) -> tuple[int, bytes]:
+        if self.streams is None:
+            self.streams = await asyncio.open_connection("127.0.0.1", self.port)
+        try:
+            return await exchange(*self.streams, raw)
+        except (asyncio.IncompleteReadError, ConnectionError) as exc:
+            if isinstance(exc, asyncio.IncompleteReadError) and exc.partial:
+                raise  # cut mid-answer: not an idle close
+            self.close()
+            self.reconnects += 1
+            self.streams = await asyncio.open_connection("127.0.0.1", self.port)
+            return await exchange(*self.streams, raw)
+
+    def close(self) -> None:
+        if self.streams is not None:
+            self.streams[1].close()
+            self.streams = None
+
+
 @dataclass
 class Level:
     """What one level of concurrency measured."""
@@ -85,6 +114,7 @@ class Level:
     errors: int
     seconds: float
     client_cpu_s: float
+    reconnects: int = 0  # kept-alive connections the server had closed (idle), opened again
 
     def figures(self) -> dict[str, Any]:
         ms = np.array(self.latencies or [0.0]) * 1000
@@ -98,6 +128,7 @@ class Level:
             "p50_ms": round(float(np.percentile(ms, 50)), 1),
             "p99_ms": round(float(np.percentile(ms, 99)), 1),
             "client_cpu_ms_per_request": round(self.client_cpu_s / max(1, n) * 1000, 3),
+            "reconnects": self.reconnects,
         }
 
 
@@ -114,24 +145,26 @@ async def run_level(
     next_one = 0
     latencies: list[float] = []
     errors = 0
+    reconnects: list[int] = []
     ready, go = asyncio.Semaphore(0), asyncio.Event()
 
     async def client(number: int) -> None:
         nonlocal next_one, errors
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        connection = Connection(port)
         try:
-            await exchange(reader, writer, requests[number % len(requests)])
+            await connection.send(requests[number % len(requests)])
             ready.release()
             await go.wait()
             while next_one < total:
                 raw = requests[next_one % len(requests)]
                 next_one += 1
                 started = time.perf_counter()
-                status, _ = await exchange(reader, writer, raw)
+                status, _ = await connection.send(raw)
                 latencies.append(time.perf_counter() - started)
                 errors += status != 200
         finally:
-            writer.close()
+            connection.close()
+            reconnects.append(connection.reconnects)
 
     tasks = [asyncio.create_task(client(i)) for i in range(clients)]
     for _ in range(clients):
@@ -141,7 +174,8 @@ async def run_level(
     cpu, started = time.process_time(), time.perf_counter()
     go.set()
     await asyncio.gather(*tasks)
-    return Level(clients, latencies, errors, time.perf_counter() - started, time.process_time() - cpu)
+    seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
+    return Level(clients, latencies, errors, seconds, cpu, sum(reconnects))
 
 
 def measure(

@@ -42,16 +42,20 @@ class Server:
         return Snapshot(time.perf_counter(), thread_cpu(self.process.pid), self.metrics())
 
 
+SERVE = ("lookalike.cli", "serve")
+
+
 @contextmanager
-def serving(env: dict[str, str], log: Path) -> Iterator[Server]:
-    """``lookalike serve`` with ``env`` over the inherited environment, ready; stopped after."""
+def serving(env: dict[str, str], log: Path, command: tuple[str, ...] = SERVE) -> Iterator[Server]:
+    """``lookalike serve`` (or another module's ``command``) with ``env`` over the inherited
+    environment, ready; stopped after."""
     port = free_port()
     log.parent.mkdir(parents=True, exist_ok=True)
     full = {**os.environ, **env, "LOOKALIKE_API_PORT": str(port), "LOOKALIKE_API_HOST": "127.0.0.1"}
     started = time.perf_counter()
     with log.open("wb") as out:
         process = subprocess.Popen(
-            [sys.executable, "-m", "lookalike.cli", "serve"], env=full, stdout=out, stderr=subprocess.STDOUT
+            [sys.executable, "-m", *command], env=full, stdout=out, stderr=subprocess.STDOUT
         )
     try:
         _wait_ready(process, port, log)

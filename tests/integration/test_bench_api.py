@@ -22,6 +22,8 @@ FIGURES = {
     "p50_ms",
     "p99_ms",
     "client_cpu_ms_per_request",
+    "reconnects",
+    "machine_load_1m",
     "server",
     "mean_batch_size",
     "ratio_vs_1_client",
