@@ -36,8 +36,7 @@ def level_breakdown(
     figures["stages_ms_per_request"] = {
         stage: round(v["calls"] * v["ms_per_call"] / n, 3) for stage, v in profile["stages"].items()
     }
-    figures["event_loop_share"] = profile["event_loop_share"]
-    figures["event_loop_samples"] = profile["event_loop_samples"]
+    figures["event_loop_profile"] = profile["event_loop"]
     return figures
 
 

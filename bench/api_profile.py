@@ -7,10 +7,14 @@ The same app and components as ``lookalike serve``, plus
 * stage clocks: the service's calls into the index (the scan and ranking, the id lookup) and
   the store (listing names, stock, the ``query_results`` write) are wrapped, so each stage's
   calls and wall time per request are counted (on the worker threads that run them);
-* a sampling profiler of the event loop's thread (every ``SAMPLE_S``): each sample is put in
-  one bucket by the innermost frame it recognises (uvicorn's HTTP/1.1 parser h11, pydantic
-  validation, JSON, the framework, logging, metrics, the hand-off to worker threads, idle in
-  ``select``), so the loop's busy time is split by what it did;
+* cProfile on the event loop's thread only (it profiles the thread that enables it): each
+  function's own time goes to one bucket by its file or built-in (uvicorn's HTTP/1.1 parser
+  h11, pydantic validation and serialisation, JSON, the framework, logging, metrics, the
+  hand-off to worker threads, socket calls, idle in ``epoll``), so the loop's busy time is split
+  by what it did. cProfile slows call-heavy code more than the rest: the shares are
+  approximate, and the absolute figures are the unprofiled ones (``/proc`` CPU per thread).
+  (A sampling profiler inside the process sees the loop only where it releases the GIL, in
+  ``epoll`` and socket calls, so it was not used.)
 * ``BENCH_API_STUB=search``: the index answers every query with one fixed ranking, at once, so
   a run measures everything but the scan (HTTP, validation, stock and names, the write, the
   event loop): the rate the rest of the path allows.
@@ -20,13 +24,13 @@ The same app and components as ``lookalike serve``, plus
 
 from __future__ import annotations
 
+import cProfile
 import os
-import sys
+import pstats
 import threading
 import time
 from collections import Counter, defaultdict
 from collections.abc import Callable
-from types import FrameType
 from typing import Any
 
 import uvicorn
@@ -37,19 +41,21 @@ from api.deps import Components
 from config.settings import Settings
 from lookalike import stack
 
-SAMPLE_S = 0.002
-# (bucket, path fragments): the first bucket whose fragment is in a frame's file, innermost first
+# (bucket, fragments): the first bucket with a fragment in "file:function" (cProfile's key)
 BUCKETS = (
-    ("idle (select)", ("selectors.py",)),
-    ("logging (access log)", ("/logging/",)),
+    ("idle (epoll)", ("select.epoll",)),
+    ("socket calls", ("_socket.socket",)),
+    ("logging (access log)", ("/logging/", "_io.TextIOWrapper")),
     ("metrics (prometheus)", ("prometheus_client", "api/metrics.py")),
-    ("JSON encode/decode", ("/json/",)),
+    ("JSON encode/decode", ("/json/", "_json")),
     ("validation + serialisation (pydantic)", ("pydantic", "fastapi/_compat", "fastapi/encoders")),
-    ("HTTP/1.1 parsing (h11 + uvicorn)", ("/h11/", "uvicorn/protocols")),
-    ("thread hand-off (anyio)", ("anyio", "concurrent/futures", "threading.py")),
+    ("HTTP/1.1 parsing (h11 + uvicorn)", ("/h11/", "uvicorn/")),
+    ("thread hand-off (anyio)", ("anyio", "concurrent/futures", "threading.py", "_thread")),
     ("framework (starlette/fastapi routing, middleware)", ("starlette", "fastapi")),
-    ("asyncio loop", ("asyncio",)),
+    ("asyncio loop", ("asyncio", "selectors.py", "_contextvars")),
+    ("lookalike code (api/, search/, store/)", ("/api/", "/search/", "/store/")),
 )
+IDLE = "idle (epoll)"
 STAGES = {  # those the service has are clocked
     "index": ("search_many", "search_requests", "image_vector", "listing_vectors"),
     "store": ("write_query_results", "write_many_query_results", "listing_names", "get_stock"),
@@ -79,31 +85,45 @@ class Clocks:
         setattr(owner, name, timed)
 
 
-class LoopSampler(threading.Thread):
-    """Samples the event loop thread's stack and counts samples per bucket."""
+class LoopProfile:
+    """cProfile of the event loop's thread, restartable from a request (which runs on it)."""
 
-    def __init__(self, loop_thread: int) -> None:
-        super().__init__(daemon=True, name="bench-sampler")
-        self.loop_thread = loop_thread
-        self.counts: Counter[str] = Counter()
+    def __init__(self) -> None:
+        self.profile = cProfile.Profile()
+        self.started = time.perf_counter()
 
-    def run(self) -> None:
-        while True:
-            time.sleep(SAMPLE_S)
-            frame = sys._current_frames().get(self.loop_thread)
-            if frame is not None:
-                self.counts[bucket(frame)] += 1
+    def restart(self) -> None:
+        self.profile.disable()
+        self.profile = cProfile.Profile()
+        self.started = time.perf_counter()
+        self.profile.enable()
+
+    def figures(self) -> dict[str, Any]:
+        """Own time per bucket (idle, and busy shares without it) and the busiest functions."""
+        self.profile.disable()
+        stats: dict[tuple[str, int, str], tuple[Any, ...]] = pstats.Stats(self.profile).stats  # type: ignore[attr-defined]
+        self.profile.enable()
+        own: Counter[str] = Counter()
+        functions: Counter[str] = Counter()
+        for (path, line, name), (_, _, tottime, *_) in stats.items():
+            key = f"{path}:{name}"
+            own[bucket(key)] += tottime
+            if bucket(key) != IDLE:
+                functions[f"{path.rsplit('site-packages/', 1)[-1]}:{line}({name})"] += tottime
+        busy = sum(v for k, v in own.items() if k != IDLE)
+        return {
+            "profiled_s": round(time.perf_counter() - self.started, 2),
+            "busy_s": round(busy, 3),
+            "idle_s": round(own[IDLE], 3),
+            "busy_share": {k: round(v / busy, 3) for k, v in own.most_common() if k != IDLE and busy},
+            "top_functions_s": {k: round(v, 4) for k, v in functions.most_common(15)},
+        }
 
 
-def bucket(frame: FrameType | None) -> str:
-    while frame is not None:
-        path = frame.f_code.co_filename
-        for name, fragments in BUCKETS:
-            if any(f in path for f in fragments):
-                return name
-        if "/api/" in path or "/search/" in path or "/store/" in path:
-            return "lookalike code (api/, search/, store/)"
-        frame = frame.f_back
+def bucket(key: str) -> str:
+    for name, fragments in BUCKETS:
+        if any(f in key for f in fragments):
+            return name
     return "other"
 
 
@@ -137,7 +157,7 @@ def instrument(components: Components, clocks: Clocks, stub: str) -> Components:
     return components
 
 
-def add_routes(app: FastAPI, clocks: Clocks, sampler: LoopSampler) -> None:
+def add_routes(app: FastAPI, clocks: Clocks, loop: LoopProfile) -> None:
     @app.get("/_bench/profile", include_in_schema=False)
     async def profile() -> dict[str, Any]:
         with clocks.lock:
@@ -145,16 +165,14 @@ def add_routes(app: FastAPI, clocks: Clocks, sampler: LoopSampler) -> None:
                 s: {"calls": n, "ms_per_call": round(clocks.seconds[s] / n * 1000, 3)}
                 for s, n in sorted(clocks.calls.items())
             }
-        total = sum(sampler.counts.values())
-        loop = {k: round(v / total, 3) for k, v in sampler.counts.most_common()} if total else {}
-        return {"stages": stages, "event_loop_samples": total, "event_loop_share": loop}
+        return {"stages": stages, "event_loop": loop.figures()}
 
     @app.post("/_bench/profile/reset", include_in_schema=False)
     async def reset() -> dict[str, str]:
         with clocks.lock:
             clocks.calls.clear()
             clocks.seconds.clear()
-        sampler.counts.clear()
+        loop.restart()
         return {"status": "reset"}
 
 
@@ -163,9 +181,9 @@ def main() -> None:
     clocks = Clocks()
     stub = os.environ.get("BENCH_API_STUB", "")
     app = create_app(settings.api, lambda: instrument(stack.api_components(settings), clocks, stub))
-    sampler = LoopSampler(threading.get_ident())
-    add_routes(app, clocks, sampler)
-    sampler.start()
+    loop = LoopProfile()
+    add_routes(app, clocks, loop)
+    loop.restart()  # in this thread, the one uvicorn's event loop runs on
     uvicorn.run(app, host=settings.api.host, port=settings.api.port)
 
 
