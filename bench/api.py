@@ -28,6 +28,7 @@ import os
 import platform
 import sys
 from collections.abc import Callable, Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -58,6 +59,7 @@ class Options:
     upload_requests: int
     data_dir: Path
     progress: Callable[[str], None]
+    compare: Path | None = None  # another tree of the code, served beside this one
 
 
 def served(catalogue: str, data_dir: Path) -> api_data.Served:
@@ -126,13 +128,37 @@ def run_catalogue(catalogue: str, mode: str, opts: Options) -> dict[str, Any]:
         "server_env": {k: v for k, v in sorted(env.items()) if k != "LOOKALIKE_STORE"},
     }
     opts.progress(f"{catalogue} {mode}: starting `lookalike serve`")
-    with api_server.serving(env, opts.data_dir / f"serve-{catalogue}-{mode}.log") as server:
-        run["server_ready_s"] = round(server.ready_s, 1)
-        run["kinds"] = {
-            kind: measure_kind(server, kind, requests_of(kind, queries, photos), opts, f"{catalogue} {mode}")
+    with ExitStack() as stack:
+        servers = {"current": stack.enter_context(api_server.serving(env, log_of(opts, catalogue, mode)))}
+        if opts.compare is not None:
+            log = log_of(opts, catalogue, mode, "before")
+            servers["before"] = stack.enter_context(api_server.serving(env, log, pythonpath=opts.compare))
+        run["server_ready_s"] = round(servers["current"].ready_s, 1)
+        kinds = {
+            kind: measure_kind(servers, kind, requests_of(kind, queries, photos), opts, f"{catalogue} {mode}")
             for kind in opts.kinds
         }
+    run["kinds"] = {kind: found["current"] for kind, found in kinds.items()}
+    if opts.compare is not None:
+        run["before"] = {
+            "code": str(opts.compare),
+            "kinds": {kind: found["before"] for kind, found in kinds.items()},
+        }
+        run["speedup_vs_before"] = {
+            kind: {
+                level: round(figures["requests_per_s"] / old["requests_per_s"], 2)
+                for (level, figures), old in zip(
+                    found["current"].items(), found["before"].values(), strict=True
+                )
+                if old["requests_per_s"]
+            }
+            for kind, found in kinds.items()
+        }
     return run
+
+
+def log_of(opts: Options, catalogue: str, mode: str, label: str = "") -> Path:
+    return opts.data_dir / f"serve-{catalogue}-{mode}{'-' + label if label else ''}.log"
 
 
 def profile(catalogue: str, mode: str, opts: Options) -> dict[str, Any]:
@@ -146,25 +172,28 @@ def profile(catalogue: str, mode: str, opts: Options) -> dict[str, Any]:
 
 
 def measure_kind(
-    server: api_server.Server, kind: str, requests: list[bytes], opts: Options, label: str
-) -> dict[str, Any]:
-    levels: dict[str, Any] = {}
+    servers: dict[str, api_server.Server], kind: str, requests: list[bytes], opts: Options, label: str
+) -> dict[str, dict[str, Any]]:
+    """Every level of clients, on each server in turn at each level (so a comparison sees the
+    same load on a shared machine); per server, each level's rate as a ratio to one client."""
+    found: dict[str, dict[str, Any]] = {name: {} for name in servers}
     for clients in opts.clients:
-        opts.progress(f"{label}: {kind}, {clients} clients")
-        base = opts.upload_requests if kind == "upload" else opts.requests
-        total = max(base, 2 * clients)
-        level, before, after = measure_level(server, requests, clients, total)
-        figures = level.figures()
-        figures["server"] = api_server.server_figures(
-            server.process.pid, before, after, HANDLERS[kind], len(level.latencies)
-        )
-        figures["mean_batch_size"] = figures["server"].pop("mean_batch_size")
-        figures["machine_load_1m"] = round(os.getloadavg()[0], 1)  # other work on the machine
-        levels[f"clients_{clients}"] = figures
-    one = levels.get("clients_1", {}).get("requests_per_s")
-    for figures in levels.values():
-        figures["ratio_vs_1_client"] = round(figures["requests_per_s"] / one, 2) if one else None
-    return levels
+        for name, server in sorted(servers.items()):  # "before" first
+            opts.progress(f"{label}: {kind}, {clients} clients ({name})")
+            base = opts.upload_requests if kind == "upload" else opts.requests
+            level, before, after = measure_level(server, requests, clients, max(base, 2 * clients))
+            figures = level.figures()
+            figures["server"] = api_server.server_figures(
+                server.process.pid, before, after, HANDLERS[kind], len(level.latencies)
+            )
+            figures["mean_batch_size"] = figures["server"].pop("mean_batch_size")
+            figures["machine_load_1m"] = round(os.getloadavg()[0], 1)  # other work on the machine
+            found[name][f"clients_{clients}"] = figures
+    for levels in found.values():
+        one = levels.get("clients_1", {}).get("requests_per_s")
+        for figures in levels.values():
+            figures["ratio_vs_1_client"] = round(figures["requests_per_s"] / one, 2) if one else None
+    return found
 
 
 def measure_level(
@@ -209,6 +238,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         upload_requests=args.upload_requests,
         data_dir=args.data_dir,
         progress=progress_printer(),
+        compare=args.compare,
     )
     unknown = set(opts.kinds) - set(KINDS) | set(args.modes.split(",")) - set(MODES)
     if unknown:
@@ -258,6 +288,7 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     add("--requests", type=int, default=300, help="searches per level (>= 2 a client)")
     add("--upload-requests", type=int, default=48, help="uploads per level (>= 2 a client)")
     add("--data-dir", type=Path, default=Path("data/bench"), help="the catalogues' folder")
+    add("--compare", type=Path, help="also serve this tree of the code (e.g. a `git archive` of main)")
     add("--profile", action="store_true", help="add where a request's time goes (first catalogue)")
     add("--no-runs", action="store_true", help="only the profile (with --profile)")
     add("--no-ceiling", action="store_true", help="skip the client's ceiling")

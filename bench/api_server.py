@@ -46,12 +46,16 @@ SERVE = ("lookalike.cli", "serve")
 
 
 @contextmanager
-def serving(env: dict[str, str], log: Path, command: tuple[str, ...] = SERVE) -> Iterator[Server]:
+def serving(
+    env: dict[str, str], log: Path, command: tuple[str, ...] = SERVE, pythonpath: Path | None = None
+) -> Iterator[Server]:
     """``lookalike serve`` (or another module's ``command``) with ``env`` over the inherited
-    environment, ready; stopped after."""
+    environment, ready; stopped after. ``pythonpath``: the code it runs is that tree's."""
     port = free_port()
     log.parent.mkdir(parents=True, exist_ok=True)
     full = {**os.environ, **env, "LOOKALIKE_API_PORT": str(port), "LOOKALIKE_API_HOST": "127.0.0.1"}
+    if pythonpath is not None:
+        full["PYTHONPATH"] = str(pythonpath.resolve())
     started = time.perf_counter()
     with log.open("wb") as out:
         process = subprocess.Popen(
