@@ -32,6 +32,7 @@ def create_app(settings: ApiSettings, components: Components | Callable[[], Comp
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.components = components if isinstance(components, Components) else components()
+        app.state.components.service.observe(app.state.metrics)  # batch sizes, waits, pass times
         yield
         if app.state.components.ingest is not None:
             app.state.components.ingest.producer.close()

@@ -3,7 +3,6 @@ producer, model queue, settings, API keys); nothing reaches through a service ob
 
 from __future__ import annotations
 
-import asyncio
 import hmac
 import threading
 import time
@@ -168,12 +167,17 @@ def read_access(settings: Settings, key: Annotated[str | None, Security(api_key_
 
 
 class ModelQueue:
-    """Bounds the uploads that need the CNN: ``concurrency`` run, ``queue`` wait, more get 503."""
+    """Bounds the uploads that need the CNN: at most ``concurrency + queue`` in progress (being
+    decoded, waiting for a forward pass, embedded or scored); more get 503. The uploads waiting
+    are embedded together (``search.service``), ``concurrency`` decoded at once."""
 
     def __init__(self, concurrency: int, queue: int) -> None:
-        self._slots = asyncio.Semaphore(concurrency)
         self._limit = concurrency + queue
         self._inside = 0
+
+    @property
+    def inside(self) -> int:
+        return self._inside
 
     @asynccontextmanager
     async def slot(self) -> AsyncIterator[None]:
@@ -183,8 +187,7 @@ class ModelQueue:
             )
         self._inside += 1
         try:
-            async with self._slots:
-                yield
+            yield
         finally:
             self._inside -= 1
 

@@ -140,7 +140,8 @@ class ModelSettings(BaseSettings):
     device: str = "auto"
     """`auto`, `cpu`, `cuda` or `cuda:N`."""
     batch_size: int = Field(default=0, ge=0)
-    """Images per batch; 0: a default per device (16 on the CPU, 64 on a GPU)."""
+    """Images per batch (extract workers; the API embeds at most this many waiting uploads in
+    one forward pass); 0: a default per device (16 on the CPU, 64 on a GPU)."""
     max_pixels: int = Field(default=40_000_000, ge=1)
     """Larger images are refused (decompression bombs)."""
 
@@ -254,6 +255,14 @@ class SearchSettings(BaseSettings):
     """Full vectors held in the fresh tier before they are encoded."""
     compact_recall_queries: int = Field(default=32, ge=0)
     """Queries sampled at build to measure recall@10 (logged)."""
+    batch_max: int = Field(default=64, ge=1)
+    """Searches scored together in one pass at most: the queries that arrive while a pass runs
+    wait for the next one and are scored in one read of the vectors (each with its own options);
+    a lone query starts a pass at once. See docs/concurrency.md."""
+    batch_max_mb: int = Field(default=256, ge=1)
+    """Memory of one pass's score matrix (rows scored x queries x 4 bytes) at most: past it the
+    pass scores its queries in chunks that fit (each chunk one more read of the vectors; a
+    chunk holds one query at least)."""
 
 
 class ApiSettings(BaseSettings):
@@ -274,9 +283,15 @@ class ApiSettings(BaseSettings):
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
     """Origins allowed by CORS, comma-separated; empty: CORS off."""
     model_concurrency: int = Field(default=2, ge=1)
-    """Uploads embedded at once."""
+    """Uploads decoded at once (threads); the uploads waiting for the CNN are then embedded in
+    one forward pass (at most `LOOKALIKE_MODEL_BATCH_SIZE` of them)."""
     model_queue: int = Field(default=32, ge=0)
-    """Uploads waiting for the model; more get 503 with `Retry-After`."""
+    """Uploads in progress beyond `model_concurrency` (waiting to be decoded, embedded or
+    scored); more get 503 with `Retry-After`."""
+    search_queue: int = Field(default=256, ge=0)
+    """Searches waiting for the next pass of the engine (see `LOOKALIKE_SEARCH_BATCH_MAX`); more
+    get 503 with `Retry-After` instead of a latency that grows without end. Uploads are bounded
+    by `model_queue` instead."""
     drain_timeout_s: float = Field(default=120.0, ge=0)
     """A graceful stop of the demo (Ctrl-C, SIGTERM) lets its workers store what the broker holds
     for at most this long; what is left then is produced again from the outbox at the next start."""

@@ -268,6 +268,11 @@ class FeatureModel:
         """(resize, crop): short side before the centre crop, and the square the network sees."""
         return self.spec.resize, self.spec.crop
 
+    @property
+    def default_batch(self) -> int:
+        """Images per forward pass when not told: 64 on a GPU, 16 on the CPU."""
+        return 64 if self.cuda else 16
+
     def describe(self) -> str:
         """One line: which model and which weights serve."""
         w = self.weights

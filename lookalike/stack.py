@@ -82,7 +82,15 @@ def search_service(
     following = settings.search.follow in ("stream", "scan") or (settings.search.follow == "auto" and kafka)
     observers = arrival_observers(settings, store, info.name) if score_arrivals and following else []
     index = load_index(store, info, settings.search, kafka, progress=progress, observers=observers)
-    return SearchService(store, index, lazy(lambda: configured_model(settings)), settings.model.max_pixels)
+    return SearchService(
+        store,
+        index,
+        lazy(lambda: configured_model(settings)),
+        settings.model.max_pixels,
+        batch_max=settings.search.batch_max,
+        decode_threads=settings.api.model_concurrency,
+        embed_batch_max=settings.model.batch_size,
+    )
 
 
 def api_components(settings: Settings, service: SearchService | None = None) -> Components:
@@ -152,7 +160,7 @@ def lazy(build: Callable[[], FeatureModel]) -> Callable[[], FeatureModel]:
 
 
 def default_batch_size(model: FeatureModel) -> int:
-    return 64 if model.device.type == "cuda" else 16
+    return model.default_batch
 
 
 def default_decode_workers() -> int:

@@ -24,7 +24,7 @@ from __future__ import annotations
 import logging
 import threading
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
@@ -35,10 +35,10 @@ import numpy.typing as npt
 from config.settings import SearchSettings
 from schemas.codec import numpy_dtype
 from schemas.records import FeatureBatch, ModelInfo, as_uuid, id_array
-from search import kernel, scoring
+from search import kernel, scoring, tier
 from search.compact_codes import Codes
 from search.engine import UnknownId
-from search.scoring import RankedListing, ScoreOptions
+from search.scoring import RankedListing, ScoreOptions, SearchRequest
 from store import Store
 
 log = logging.getLogger(__name__)
@@ -321,35 +321,41 @@ class CompactIndex:
         exclude: Iterable[uuid.UUID] = (),
         only: set[uuid.UUID] | None = None,
     ) -> list[list[RankedListing]]:
-        """Top-k listings for each row of ``queries``: the listings of the images the codes
-        propose (and of the best fresh images), rescored exactly; ``only`` restricts the
-        candidates, ``exclude`` removes some. One store read serves the whole batch; each
-        query ranks only its own candidates, so an answer does not depend on the batch."""
+        """Top-k listings for each row of ``queries`` (see ``search_requests``)."""
         q = self.check_queries(queries)
+        excluded = frozenset(exclude)
+        return self.search_requests([SearchRequest(row, opts, exclude=excluded) for row in q], only)
+
+    def search_requests(
+        self, requests: Sequence[SearchRequest], only: set[uuid.UUID] | None = None
+    ) -> list[list[RankedListing]]:
+        """Top listings for each request, each with its own options and exclusions: the
+        listings of the images the codes propose (one IVF search for the batch) and of the best
+        fresh images, rescored exactly; ``only`` restricts the candidates. One store read and
+        one kernel read serve the whole batch; each query ranks only its own candidates, so an
+        answer does not depend on the batch."""
+        if not requests:
+            return []
+        q = self.check_queries(np.stack([r.vector for r in requests]))
         v = self._view
-        excluded = id_array(exclude)
         allowed_ids = None if only is None else id_array(only)
-        want = max(self.settings.compact_candidates, 10 * opts.k)
-        labels = v.encoded.codes.propose(q, want, self.settings.compact_nprobe, self._live(v, allowed_ids))
+        wants = [max(self.settings.compact_candidates, 10 * r.opts.k) for r in requests]
+        live = self._live(v, allowed_ids)
+        nprobe = self.settings.compact_nprobe
+        labels = tier.propose_grouped(
+            wants, lambda js, want: v.encoded.codes.propose(q[js], want, nprobe, live)
+        )
         fresh_scores = kernel.score(v.fresh.vectors, q)
         proposed: list[Ids] = []
-        for j in range(len(q)):
+        for j, want in enumerate(wants):
             found = v.encoded.listing_ids[labels[j][labels[j] >= 0]]
             best_fresh = np.argsort(-fresh_scores[:, j], kind="stable")[:want]
             proposed.append(np.unique(np.concatenate([found, v.fresh.listing_ids[best_fresh]])))
         rows = self._rows(v, np.unique(np.concatenate([np.zeros(0, "S16"), *proposed])))
-        scores = kernel.score(rows.vectors, q)
-        starts = scoring.group_starts(rows.listing_ids)
-        listing_ids = rows.listing_ids[starts]
-        allowed = ~np.isin(listing_ids, excluded)
-        if allowed_ids is not None:
-            allowed &= np.isin(listing_ids, allowed_ids)
-        return [
-            scoring.ranked(
-                scores[:, j], starts, listing_ids, rows.image_ids, allowed & np.isin(listing_ids, mine), opts
-            )
-            for j, mine in enumerate(proposed)
-        ]
+        max_mb = self.settings.batch_max_mb
+        return tier.rank_proposed(
+            rows.vectors, rows.listing_ids, rows.image_ids, q, requests, proposed, allowed_ids, max_mb
+        )
 
     @staticmethod
     def _live(v: _View, only: Ids | None) -> npt.NDArray[np.uint8] | None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import threading
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import numpy as np
@@ -21,13 +21,14 @@ import numpy.typing as npt
 from config.settings import SearchSettings
 from schemas.codec import l2_normalise, numpy_dtype
 from schemas.records import FeatureBatch, ModelInfo, as_uuid, id_array
-from search import ann, flat, kernel, scoring
-from search.scoring import RankedListing, ScoreOptions
+from search import ann, flat, kernel, scoring, tier
+from search.scoring import RankedListing, ScoreOptions, SearchRequest
 from search.segment import Segment, View, make_view
 
 log = logging.getLogger(__name__)
 F32 = npt.NDArray[np.float32]
 I64 = npt.NDArray[np.int64]
+Ids = npt.NDArray[np.bytes_]
 
 
 class UnknownId(KeyError):
@@ -207,21 +208,38 @@ class VectorIndex:
         """Top-k listings for each row of ``queries``; exact unless the index is approximate
         (``exact=True`` forces the exact scan). A batch is one matrix product."""
         q = self.check_queries(queries)
+        excluded = frozenset(exclude)
+        return self.search_requests([SearchRequest(row, opts, exclude=excluded) for row in q], only, exact)
+
+    def search_requests(
+        self,
+        requests: Sequence[SearchRequest],
+        only: set[uuid.UUID] | None = None,
+        exact: bool | None = None,
+    ) -> list[list[RankedListing]]:
+        """Top listings for each request, each with its own options and exclusions, as it gets
+        them alone: exact, one read of the matrix for the whole batch (in chunks of at most
+        ``batch_max_mb`` of scores); approximate, the ANN's candidates for the batch in one call,
+        rescored together. ``only`` restricts every request's candidates."""
+        if not requests:
+            return []
+        q = self.check_queries(np.stack([r.vector for r in requests]))
         v = self._view
-        excluded = list(exclude)
+        only_ids = None if only is None else id_array(only)
         if v.ann is not None and exact is not True:
-            labels = ann.propose(v.ann, q, max(self.settings.candidates, 10 * opts.k))
-            return [self._approximate(v, q[j], labels[j], opts, excluded, only) for j in range(len(q))]
-        if len(q) == 1 and self._first_pass_applies(v, opts):
-            answer = self._first_pass(v, q[0], opts, excluded, only)
+            wants = [max(self.settings.candidates, 10 * r.opts.k) for r in requests]
+            labels = tier.propose_grouped(wants, lambda js, want: ann.propose(v.ann, q[js], want))
+            return self._rescore(v, q, [rows[rows >= 0] for rows in labels], requests, only_ids)
+        if len(requests) == 1 and self._first_pass_applies(v, requests[0].opts):
+            answer = self._first_pass(v, q, requests[0], only_ids)
             if answer is not None:
                 return [answer]
-        scores = v.score(q)
-        allowed = _allowed(v.listing_ids, excluded, only)
-        return [
-            scoring.ranked(scores[:, j], v.starts, v.listing_ids, v.image_ids, allowed, opts)
-            for j in range(len(q))
-        ]
+        base = None if only_ids is None else np.isin(v.listing_ids, only_ids)
+        out: list[list[RankedListing]] = []
+        for chunk in tier.query_chunks(len(v.order), len(q), self.settings.batch_max_mb):
+            scores = v.score(q[chunk])
+            out += scoring.ranked_each(scores, v.starts, v.listing_ids, v.image_ids, requests[chunk], base)
+        return out
 
     def _first_pass_applies(self, v: View, opts: ScoreOptions) -> bool:
         return (
@@ -231,64 +249,51 @@ class VectorIndex:
         )
 
     def _first_pass(
-        self, v: View, q: F32, opts: ScoreOptions, exclude: list[uuid.UUID], only: set[uuid.UUID] | None
+        self, v: View, q: F32, request: SearchRequest, only: Ids | None
     ) -> list[RankedListing] | None:
         """The exact answer from FAISS's best images, when provably exact (see search.flat);
-        None when a full scan is needed."""
+        None when a full scan is needed. ``q``: the one query, as a (1, dim) batch."""
         assert v.main.flat is not None
-        rows, floor = v.main.flat.propose(q, max(self.settings.candidates, 10 * opts.k))
-        ranked = self._rescore(v, q, rows, opts, exclude, only)
+        opts = request.opts
+        rows, floor = v.main.flat.propose(q[0], max(self.settings.candidates, 10 * opts.k))
+        ranked = self._rescore(v, q, [rows], [request], only)[0]
         if len(ranked) == opts.k:
             bar = ranked[-1].score
         elif opts.min_score is not None:
             bar = opts.min_score
         else:
             bar = np.inf  # fewer than k listings among the candidates: others may qualify
-        exact = floor == -np.inf or floor + v.main.flat.slack(q) < bar
+        exact = floor == -np.inf or floor + v.main.flat.slack(q[0]) < bar
         self.first_pass["kept" if exact else "full_scan"] += 1
         return ranked if exact else None
-
-    def _approximate(
-        self,
-        v: View,
-        q: F32,
-        labels: I64,
-        opts: ScoreOptions,
-        exclude: list[uuid.UUID],
-        only: set[uuid.UUID] | None,
-    ) -> list[RankedListing]:
-        """Rescore exactly every listing the ANN proposed, plus every fresh listing."""
-        return self._rescore(v, q, labels[labels >= 0], opts, exclude, only)
 
     def _rescore(
         self,
         v: View,
         q: F32,
-        main_rows: I64,
-        opts: ScoreOptions,
-        exclude: list[uuid.UUID],
-        only: set[uuid.UUID] | None,
-    ) -> list[RankedListing]:
-        """Rank the listings of these main-segment rows (the live ones) and every fresh listing
-        by the exact scores of all their live images."""
-        rows = main_rows[v.main_alive[main_rows]]
-        proposed = np.union1d(v.main.listing_ids[rows], v.fresh.listing_ids)
-        li = np.searchsorted(v.listing_ids, proposed)
+        main_rows: list[I64],
+        requests: Sequence[SearchRequest],
+        only: Ids | None,
+    ) -> list[list[RankedListing]]:
+        """Rank, for each request, the listings of its main-segment rows (the live ones) and
+        every fresh listing by the exact scores of all their live images; the union of the
+        batch's listings is scored in one read."""
+        proposed = [
+            np.union1d(v.main.listing_ids[rows[v.main_alive[rows]]], v.fresh.listing_ids)
+            for rows in main_rows
+        ]
+        union = np.unique(np.concatenate([np.zeros(0, "S16"), *proposed]))
+        li = np.searchsorted(v.listing_ids, union)
         lengths = v.ends[li] - v.starts[li]
         sub_starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
         positions = np.repeat(v.starts[li] - sub_starts, lengths) + np.arange(int(lengths.sum()))
-        scores = kernel.score(v.vectors(v.order[positions]), q.reshape(1, -1))[:, 0]
-        listing_ids = v.listing_ids[li]
-        allowed = _allowed(listing_ids, exclude, only)
-        return scoring.ranked(scores, sub_starts, listing_ids, v.image_ids[positions], allowed, opts)
-
-
-def _allowed(
-    listing_ids: npt.NDArray[np.bytes_], exclude: list[uuid.UUID], only: set[uuid.UUID] | None
-) -> npt.NDArray[np.bool_]:
-    allowed = np.ones(len(listing_ids), dtype=bool)
-    if only is not None:
-        allowed &= np.isin(listing_ids, id_array(only))
-    if exclude:
-        allowed &= ~np.isin(listing_ids, id_array(exclude))
-    return allowed
+        return tier.rank_proposed(
+            v.vectors(v.order[positions]),
+            v.listing_rows[positions],
+            v.image_ids[positions],
+            q,
+            requests,
+            proposed,
+            only,
+            self.settings.batch_max_mb,
+        )

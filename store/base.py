@@ -153,6 +153,13 @@ class Store(Protocol):
         self, query_id: uuid.UUID, rows: Sequence[ResultRow], ttl: int = QUERY_TTL_SECONDS
     ) -> None: ...
 
+    def write_many_query_results(
+        self, answers: Sequence[tuple[uuid.UUID, Sequence[ResultRow]]], ttl: int = QUERY_TTL_SECONDS
+    ) -> None:
+        """The rows of many answers (a pass of the search service) in one call: one transaction
+        on SQLite, concurrent writes on Cassandra; each answer as ``write_query_results``."""
+        ...
+
     def read_query_results(self, query_id: uuid.UUID, k: int | None = None) -> list[ResultRow]:
         """Best first, at most k."""
         ...

@@ -321,6 +321,12 @@ class CassandraStore(CassandraAnalytics):
     def write_query_results(
         self, query_id: uuid.UUID, rows: Sequence[ResultRow], ttl: int = QUERY_TTL_SECONDS
     ) -> None:
+        self.write_many_query_results([(query_id, rows)], ttl)
+
+    def write_many_query_results(
+        self, answers: Sequence[tuple[uuid.UUID, Sequence[ResultRow]]], ttl: int = QUERY_TTL_SECONDS
+    ) -> None:
+        """Every row of every answer through the driver's concurrent execution (bounded)."""
         if not 1 <= ttl <= MAX_TTL_SECONDS:
             raise ValueError(f"ttl must be in [1, {MAX_TTL_SECONDS}] seconds, got {ttl}")
         now = utcnow()
@@ -339,6 +345,7 @@ class CassandraStore(CassandraAnalytics):
                         ttl,
                     ),
                 )
+                for query_id, rows in answers
                 for r in rows
             ],
             write=True,

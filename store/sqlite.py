@@ -363,6 +363,11 @@ class SQLiteStore(SQLiteAnalytics):
     def write_query_results(
         self, query_id: uuid.UUID, rows: Sequence[ResultRow], ttl: int = QUERY_TTL_SECONDS
     ) -> None:
+        self.write_many_query_results([(query_id, rows)], ttl)
+
+    def write_many_query_results(
+        self, answers: Sequence[tuple[uuid.UUID, Sequence[ResultRow]]], ttl: int = QUERY_TTL_SECONDS
+    ) -> None:
         now, expires = _now(), time.time() + ttl
         values = [
             (
@@ -375,6 +380,7 @@ class SQLiteStore(SQLiteAnalytics):
                 now,
                 expires,
             )
+            for query_id, rows in answers
             for r in rows
         ]
         with self._write() as db:

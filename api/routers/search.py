@@ -4,6 +4,7 @@ query_results). Both bodies are declared, so OpenAPI documents them from the mod
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from typing import Annotated
 
@@ -19,8 +20,8 @@ from extract.decode import DecodeError
 from schemas.answers import Answer
 from schemas.records import QueryAnswer
 from search.scoring import MAX_K, Aggregation, ScoreOptions
+from search.service import Overloaded, SearchService
 from search.service import Query as SearchQuery
-from search.service import SearchService
 from store.results import answer_from_rows
 
 router = APIRouter(tags=["search"], dependencies=[Depends(read_access)])
@@ -70,10 +71,20 @@ def _within_upload_limit(request: Request, settings: Settings) -> None:
         raise HTTPException(413, f"the request is over the upload limit of {settings.max_upload_bytes} bytes")
 
 
-async def _answer(searcher: SearchService, query: SearchQuery, opts: SearchOptions) -> QueryAnswer:
+async def _answer(
+    searcher: SearchService, query: SearchQuery, opts: SearchOptions, limit: int | None
+) -> QueryAnswer:
+    """The answer from the service's next pass (shared with whatever else waits); past
+    ``limit`` searches waiting, 503 with ``Retry-After``."""
     await run_in_threadpool(require_served, searcher.store, searcher.index.model.name, opts.model)
     try:
-        answer = await run_in_threadpool(searcher.search, query, opts.score_options(), opts.in_stock_only)
+        # resolving an id may read the store: in the threadpool; then wait without a thread
+        future = await run_in_threadpool(
+            searcher.submit, query, opts.score_options(), opts.in_stock_only, limit
+        )
+        answer: QueryAnswer = await asyncio.wrap_future(future)
+    except Overloaded as exc:
+        raise HTTPException(503, str(exc), {"Retry-After": "1"}) from None
     except DecodeError as exc:
         raise HTTPException(422, f"the upload is not a usable image: {exc}") from None
     except ValueError as exc:  # e.g. a vector of the wrong dimension
@@ -82,16 +93,18 @@ async def _answer(searcher: SearchService, query: SearchQuery, opts: SearchOptio
 
 
 @router.post("/search", response_model=Answer)
-async def search(body: SearchJson, searcher: Searcher) -> QueryAnswer:
+async def search(body: SearchJson, searcher: Searcher, settings: Settings) -> QueryAnswer:
     """Listings that look like an indexed image, a listing (its images combined) or a raw
     vector, best first, with stock and the matched images. To search with a photo, post it to
-    ``/v1/search/image``."""
+    ``/v1/search/image``. Concurrent searches are scored together; past
+    ``LOOKALIKE_API_SEARCH_QUEUE`` waiting, 503 with ``Retry-After``."""
     try:
         vector = None if body.vector is None else _finite_vector(body.vector)
         query = SearchQuery(image_id=body.image_id, listing_id=body.listing_id, vector=vector)
     except ValueError as exc:
         raise HTTPException(422, str(exc)) from None
-    return await _answer(searcher, query, SearchOptions.model_validate(body.model_dump(include=_OPTIONS)))
+    options = SearchOptions.model_validate(body.model_dump(include=_OPTIONS))
+    return await _answer(searcher, query, options, settings.search_queue)
 
 
 @router.post("/search/image", response_model=Answer, dependencies=[Depends(_within_upload_limit)])
@@ -101,8 +114,9 @@ async def search_image(
     queue: Queue,
     settings: Settings,
 ) -> QueryAnswer:
-    """Listings that look like an uploaded photo, best first (the CNN embeds it; at most
-    ``LOOKALIKE_API_MODEL_CONCURRENCY`` at once, then a bounded queue, then 503)."""
+    """Listings that look like an uploaded photo, best first (the CNN embeds the uploads
+    waiting in one forward pass; past ``LOOKALIKE_API_MODEL_CONCURRENCY`` +
+    ``LOOKALIKE_API_MODEL_QUEUE`` uploads in progress, 503 with ``Retry-After``)."""
     data = await form.image.read(settings.max_upload_bytes + 1)
     if len(data) > settings.max_upload_bytes:
         raise HTTPException(413, f"the image is over the upload limit of {settings.max_upload_bytes} bytes")
@@ -110,7 +124,7 @@ async def search_image(
         raise HTTPException(422, "the uploaded image is empty")
     async with queue.slot():
         options = SearchOptions.model_validate(form.model_dump(include=_OPTIONS))
-        return await _answer(searcher, SearchQuery(image=data), options)
+        return await _answer(searcher, SearchQuery(image=data), options, None)
 
 
 def _finite_vector(values: list[float]) -> npt.NDArray[np.float32]:

@@ -555,6 +555,20 @@ def test_query_results_come_back_best_first(store: Store) -> None:
     assert store.read_query_results(uuid.uuid4()) == []
 
 
+def test_many_answers_are_written_in_one_call(store: Store) -> None:
+    answers = [(uuid.uuid4(), result_rows(n)) for n in (5, 1, 0, 12)]
+    before = store.count("query_results")
+    store.write_many_query_results(answers)
+    store.write_many_query_results([])  # nothing to write: nothing happens
+
+    assert store.count("query_results") == before + 18
+    for query, rows in answers:
+        got = store.read_query_results(query)
+        assert [(r.listing_id, r.score) for r in got] == [
+            (r.listing_id, f32(r.score)) for r in sorted(rows, key=lambda r: -f32(r.score))
+        ]
+
+
 def test_query_results_expire_after_their_ttl(store: Store) -> None:
     query = uuid.uuid4()
     store.write_query_results(query, result_rows(3), ttl=1)
