@@ -26,6 +26,7 @@ import json
 import logging
 import os
 import platform
+import shlex
 import sys
 from collections.abc import Callable, Sequence
 from contextlib import ExitStack
@@ -108,8 +109,11 @@ def prepare(
         **MODES[mode],
         "LOOKALIKE_API_MODEL_QUEUE": str(max(opts.clients)),  # throughput, not 503s, at every level
     }
-    if catalogue != "demo":
-        env |= {"LOOKALIKE_STORE": target.url, "LOOKALIKE_DATA_DIR": str(opts.data_dir / "serve")}
+    env["LOOKALIKE_STORE"] = target.url  # absolute paths: a --compare server runs in its tree
+    if catalogue == "demo":
+        env["LOOKALIKE_DATA_DIR"] = str(Settings.from_env().core.data_dir.resolve())
+    else:
+        env["LOOKALIKE_DATA_DIR"] = str((opts.data_dir / "serve").resolve())
     return target, queries, env
 
 
@@ -249,7 +253,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     report: dict[str, Any] = {
         "device": f"{platform.machine()}, {len(os.sched_getaffinity(0))} cores, no GPU used",
         "date": datetime.now(UTC).date().isoformat(),
-        "command": "python -m bench.api " + " ".join(sys.argv[1:] if argv is None else argv),
+        "command": command(sys.argv[1:] if argv is None else list(argv)),
         "note": args.note,
         "client": {"loop": "raw asyncio HTTP/1.1, one kept-alive connection per client, in one process"},
     }
@@ -271,6 +275,14 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         path = RESULTS / f"{args.save}.json" if "/" not in args.save else Path(args.save)
         path.write_text(text)
     return report
+
+
+def command(argv: list[str]) -> str:
+    """The command line, without the note (kept beside it)."""
+    at = next((i for i, a in enumerate(argv) if a == "--note" or a.startswith("--note=")), None)
+    if at is not None:
+        argv = argv[:at] + argv[at + (1 if "=" in argv[at] else 2) :]
+    return "python -m bench.api " + shlex.join(argv)
 
 
 def parse(argv: Sequence[str] | None) -> argparse.Namespace:

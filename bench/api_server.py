@@ -59,7 +59,11 @@ def serving(
     started = time.perf_counter()
     with log.open("wb") as out:
         process = subprocess.Popen(
-            [sys.executable, "-m", *command], env=full, stdout=out, stderr=subprocess.STDOUT
+            [sys.executable, "-m", *command],
+            env=full,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=pythonpath,  # `python -m` puts the working directory first on the path
         )
     try:
         _wait_ready(process, port, log)
