@@ -20,7 +20,8 @@ class Target:
 
     def describe(self) -> str:
         sign = ">=" if self.at_least else "<="
-        where = f"{self.catalogue} {self.mode}, {self.kind}, {self.clients} clients"
+        clients = f"{self.clients} client{'' if self.clients == 1 else 's'}"
+        where = f"{self.catalogue} {self.mode}, {self.kind}, {clients}"
         return f"{where}: {self.figure} {sign} {self.bound:g}"
 
 
