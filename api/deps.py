@@ -175,10 +175,6 @@ class ModelQueue:
         self._limit = concurrency + queue
         self._inside = 0
 
-    @property
-    def inside(self) -> int:
-        return self._inside
-
     @asynccontextmanager
     async def slot(self) -> AsyncIterator[None]:
         if self._inside >= self._limit:

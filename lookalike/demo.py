@@ -200,7 +200,15 @@ def run_demo(
         progress=True,
         observers=observers,
     )
-    service = SearchService(store, index, lambda: model, settings.model.max_pixels)
+    service = SearchService(
+        store,
+        index,
+        lambda: model,
+        settings.model.max_pixels,
+        batch_max=settings.search.batch_max,
+        decode_threads=settings.api.model_concurrency,
+        embed_batch_max=settings.model.batch_size,
+    )
     engine_answer = service.search_vector(query[0], opts)
 
     print_answer(

@@ -2,12 +2,13 @@
 together with everything else waiting, in one call (for searches, one read of the matrix by
 the kernel; for uploads, one forward pass of the CNN).
 
-A :class:`Coalescer` has one pass thread. The thread sleeps while nothing waits; an item
-submitted then starts a pass at once (a lone item is never delayed: there is no fixed wait to
-gather a batch). Whatever arrives while that pass runs forms the next batch, up to
-``max_batch`` items in the order they came. Each item gets a :class:`concurrent.futures.Future`:
-a blocking caller waits on ``result()``, an async one awaits ``asyncio.wrap_future``. An item
-whose future was cancelled before its pass (the client went away) is dropped unscored.
+A :class:`Coalescer` has one pass thread (started by the first item, ended after a minute
+idle). The thread sleeps while nothing waits; an item submitted then starts a pass at once (a
+lone item is never delayed: there is no fixed wait to gather a batch). Whatever arrives while
+that pass runs forms the next batch, up to ``max_batch`` items in the order they came. Each
+item gets a :class:`concurrent.futures.Future`: a blocking caller waits on ``result()``, an
+async one awaits ``asyncio.wrap_future``. An item whose future was cancelled before its pass
+is dropped unscored.
 
 ``submit`` may be given a limit on the items waiting: past it the item is refused with
 :class:`Overloaded` (the API answers 503 with ``Retry-After``) instead of queued, so latency
@@ -26,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Generic, Protocol, TypeVar
 
 log = logging.getLogger(__name__)
+IDLE_S = 60.0  # a pass thread idle this long ends (a service that is not searched holds none)
 T = TypeVar("T")
 R = TypeVar("R")
 
@@ -82,6 +84,12 @@ class Coalescer(Generic[T, R]):
         return len(self._queue)
 
     @property
+    def running(self) -> bool:
+        """Whether the pass thread is alive (it ends after ``IDLE_S`` idle)."""
+        thread = self._thread
+        return thread is not None and thread.is_alive()
+
+    @property
     def max_batch(self) -> int:
         """Items per pass at most (1 if the callable giving it fails)."""
         try:
@@ -120,13 +128,14 @@ class Coalescer(Generic[T, R]):
 
     def _take(self) -> list[_Waiting[T, R]] | None:
         """The next batch: the items waiting (at most ``max_batch``, oldest first) whose
-        futures were not cancelled; None once closed and empty."""
+        futures were not cancelled; None once closed and empty, or after ``IDLE_S`` idle."""
         size = self.max_batch  # read outside the lock: it may be a callable
         with self._cond:
             while not self._queue:
-                if self._closed:
+                idle = not self._closed and not self._cond.wait(IDLE_S) and not self._queue
+                if self._closed or idle:
+                    self._thread = None  # the next submit (if open) starts another
                     return None
-                self._cond.wait()
             batch: list[_Waiting[T, R]] = []
             while self._queue and len(batch) < size:
                 waiting = self._queue.popleft()

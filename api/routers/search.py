@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from concurrent.futures import Future
 from typing import Annotated
 
 import numpy as np
@@ -76,12 +77,10 @@ async def _answer(
 ) -> QueryAnswer:
     """The answer from the service's next pass (shared with whatever else waits); past
     ``limit`` searches waiting, 503 with ``Retry-After``."""
-    await run_in_threadpool(require_served, searcher.store, searcher.index.model.name, opts.model)
     try:
-        # resolving an id may read the store: in the threadpool; then wait without a thread
-        future = await run_in_threadpool(
-            searcher.submit, query, opts.score_options(), opts.in_stock_only, limit
-        )
+        # checking the model and resolving an id may read the store: in the threadpool (one
+        # hop); then the answer is awaited without holding a thread
+        future = await run_in_threadpool(_submit, searcher, query, opts, limit)
         answer: QueryAnswer = await asyncio.wrap_future(future)
     except Overloaded as exc:
         raise HTTPException(503, str(exc), {"Retry-After": "1"}) from None
@@ -90,6 +89,13 @@ async def _answer(
     except ValueError as exc:  # e.g. a vector of the wrong dimension
         raise HTTPException(422, str(exc)) from None
     return answer
+
+
+def _submit(
+    searcher: SearchService, query: SearchQuery, opts: SearchOptions, limit: int | None
+) -> Future[QueryAnswer]:
+    require_served(searcher.store, searcher.index.model.name, opts.model)
+    return searcher.submit(query, opts.score_options(), opts.in_stock_only, limit)
 
 
 @router.post("/search", response_model=Answer)

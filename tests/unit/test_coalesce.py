@@ -22,6 +22,7 @@ from extract.decode import DecodeError
 from extract.model import SPECS, FeatureModel
 from schemas.codec import l2_normalise
 from schemas.records import Extracted, FeatureBatch, ImageRecord, QueryAnswer, StockLevel, id_array
+from search import coalesce
 from search.coalesce import Coalescer, Overloaded
 from search.engine import VectorIndex
 from search.loader import load_index
@@ -122,6 +123,18 @@ def test_errors_reach_their_own_items_and_cancelled_items_are_dropped() -> None:
         failing.submit(1).result(WAIT_S)
     with pytest.raises(OSError, match="the pass failed"):  # the pass thread lives on
         failing.submit(2).result(WAIT_S)
+
+
+def test_an_idle_pass_thread_ends_and_the_next_item_starts_another(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(coalesce, "IDLE_S", 0.01)
+    coalescer: Coalescer[int, int] = Coalescer("search", Held(hold=False), 8)
+    assert coalescer.submit(1).result(WAIT_S) == 10
+    wait_for(lambda: not coalescer.running)
+    assert coalescer.submit(2).result(WAIT_S) == 20
+    coalescer.close(WAIT_S)
+    assert not coalescer.running
+    with pytest.raises(RuntimeError, match="stopped"):
+        coalescer.submit(3)
 
 
 def test_query_chunks_bound_the_score_matrix() -> None:
