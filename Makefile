@@ -62,9 +62,16 @@ bench-extract: $(STAMP)
 bench-quality: $(STAMP)
 	$(BIN)/python -m bench.quality
 
+# the HTTP API at catalogue scale: 100 000 x 1280 and x 4096 (MILLION=1 adds 1 000 000 x 1280),
+# exact / approximate / compact, 1-128 clients by image id, vector and upload, plus the demo
+# catalogue's row; JSON in bench/results/$(API_SAVE).json (catalogues kept in data/bench/)
+comma := ,
+API_SAVE ?= api-cpu-$(if $(filter 1 yes true,$(MILLION)),1m,100k)
 bench-api: $(STAMP)
 	@test -f data/queries/coffee-held-out.jpg || $(BIN)/lookalike demo --no-serve
-	$(BIN)/python -m bench.api
+	$(BIN)/python -m bench.api --demo --modes exact,approximate,compact --clients 1,8,32,128 \
+		--catalogues 100000x1280,100000x4096$(if $(filter 1 yes true,$(MILLION)),$(comma)1000000x1280,) \
+		--save $(API_SAVE)
 
 clean:
 	rm -rf $(VENV) data site .pytest_cache .mypy_cache .ruff_cache
