@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 SERVE  ?= 1
 UV_VERSION := 0.13.8
 
-.PHONY: demo test browser docs lint typecheck check bench-store bench-api bench-extract bench-search bench-quality bench-analyze clean
+.PHONY: demo test browser docs lint typecheck check spark-cluster bench-store bench-api bench-extract bench-search bench-spark-serve bench-quality bench-analyze clean
 
 $(STAMP): pyproject.toml search/_scan.c
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -42,6 +42,11 @@ typecheck: $(STAMP)
 	$(BIN)/mypy && $(BIN)/mypy notebooks && $(BIN)/mypy tests bench docs/gen
 
 check: lint typecheck test
+
+# A Spark standalone master and two workers on 127.0.0.1 from the jars pyspark ships (nothing
+# downloaded); prints the LOOKALIKE_SPARK_MASTER to use; Ctrl-C stops it. WORKERS=, CORES=, MEMORY=.
+spark-cluster: $(STAMP)
+	$(BIN)/python -m lookalike.spark_cluster --workers $(or $(WORKERS),2) --cores $(or $(CORES),1) --memory $(or $(MEMORY),1g)
 
 bench-store: $(STAMP)
 	$(BIN)/python -m bench.store
