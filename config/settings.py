@@ -188,9 +188,11 @@ class SparkSettings(BaseSettings):
     conf: dict[str, str] = Field(default_factory=dict)
     """Extra `spark.*` (and `spark.cassandra.*`) options, as JSON."""
     cassandra_connector: str = ""
-    """spark-cassandra-connector's package coordinate, e.g.
-    `com.datastax.spark:spark-cassandra-connector_2.13:3.5.1`; empty: Spark tasks read token
-    ranges through the Python driver."""
+    """spark-cassandra-connector, for a `cassandra://` store: its Maven coordinate for this Spark
+    (4.1, Scala 2.13), `com.datastax.spark:spark-cassandra-connector_2.13:4.1.0`, or the path of a
+    local jar (its assembly jar); comma-separated for several. Checked at start-up: a session whose
+    connector classes do not load stops there. Empty: Spark tasks read token ranges through the
+    Python driver."""
 
 
 class SearchSettings(BaseSettings):

@@ -53,3 +53,14 @@ def test_a_jar_path_goes_to_spark_jars(tmp_path: Path) -> None:
     assert both == {"spark.jars": str(jar), "spark.jars.packages": CONNECTOR}
     conf = connector_conf(SparkSettings(cassandra_connector=str(jar)), URL, CassandraSettings())
     assert conf["spark.jars"] == str(jar) and "spark.jars.packages" not in conf
+
+
+def test_every_deployment_names_the_same_connector() -> None:
+    root = Path(__file__).resolve().parents[2]
+    files = [*root.glob("dcos/*.json"), *root.glob("deploy/kubernetes/**/*.yaml"), root / "docs/clusters.md"]
+    named = [f for f in files if "spark-cassandra-connector_" in f.read_text()]
+    assert len(named) >= 4
+    for f in named:
+        for line in f.read_text().splitlines():
+            if "spark-cassandra-connector_" in line:
+                assert DEFAULT_CONNECTOR in line, f"{f}: {line.strip()}"
