@@ -58,6 +58,10 @@ bench-search: $(STAMP)
 bench-search-compact: $(STAMP)
 	$(BIN)/python -m bench.search_compact --rows $(or $(ROWS),$(if $(filter 1 yes true,$(MILLION)),1000000,100000)) --save
 
+# the Spark search service under load (needs `lookalike spark-serve`): ROWS=, DIM=, MASTER=
+bench-spark-serve: $(STAMP)
+	$(BIN)/python -m bench.spark_serve --rows $(or $(ROWS),100000) --dim $(or $(DIM),1280) --master '$(or $(MASTER),local[2])' --save
+
 bench-analyze: $(STAMP)
 	$(BIN)/python -m bench.analyze $(if $(filter 1 yes true,$(MILLION)),--million,)
 
