@@ -22,7 +22,6 @@ from search.scoring import RankedListing, SearchRequest
 from search.spark.cache import S16, Block, PassScorer, Ranked, VectorCache, top_k
 from store import ResultRow, Store, open_store
 
-MAX_WRITE_TASKS = 8
 
 
 @dataclass(frozen=True)
@@ -139,7 +138,7 @@ def answer_batch(
         ks = tuple(r.opts.k for r in requests)
         writer = _Writer(store.url, tuple(query_ids), ks, shared)
         written = dict(
-            candidates.groupByKey(min(len(requests), MAX_WRITE_TASKS)).mapPartitions(writer).collect()
+            candidates.groupByKey(min(len(requests), sc.defaultParallelism)).mapPartitions(writer).collect()
         )
     finally:
         shared.destroy()

@@ -12,6 +12,7 @@ import numpy as np
 from confluent_kafka import Consumer
 
 from config.settings import KafkaSettings, SearchSettings
+from messaging.admin import ensure_topics
 from messaging.producer import KafkaProducer
 from schemas.codec import l2_normalise
 from schemas.messages import ImageMessage
@@ -85,6 +86,9 @@ class Answers:
 
     def __init__(self, kafka: KafkaSettings) -> None:
         self.topic = kafka.answers_topic
+        # made first: a consumer subscribed to a topic that does not exist yet may not see it
+        # for minutes (its next metadata refresh)
+        ensure_topics(kafka.client_config(), [kafka.queries_topic, self.topic], kafka.partitions)
         self.notices: dict[uuid.UUID, list[AnswerNotice]] = {}
         self._consumer = Consumer(
             {
