@@ -269,7 +269,7 @@ def _free_port() -> int:
 @contextmanager
 def serving(env: dict[str, str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
     """``lookalike spark-serve`` with ``env``; stopped with SIGTERM (then SIGKILL) at the end."""
-    command = [str(Path(sys.executable).with_name("lookalike")), "spark-serve"]
+    command = [sys.executable, "-m", "lookalike.cli", "spark-serve"]
     probe = subprocess.run([*command, "--help"], env=env, capture_output=True, timeout=120, check=False)
     if probe.returncode != 0:
         raise SystemExit("`lookalike spark-serve` is not available in this checkout (issue 15)")

@@ -1,6 +1,7 @@
-"""The Spark job on a real cluster on one machine (a standalone master, two workers, each executor
-in its own JVM): the same answers as on ``local[2]``; a worker SIGKILLed mid-batch and a driver
-SIGKILLed mid-batch cost nothing but time."""
+"""The Spark job and the Spark search service on a real cluster on one machine (a standalone
+master, two workers, each executor in its own JVM): the same answers as on ``local[2]``; a worker
+SIGKILLed mid-batch and a driver SIGKILLed mid-batch (or mid-stream, for spark-serve) cost nothing
+but time."""
 
 from __future__ import annotations
 
@@ -19,13 +20,25 @@ import pytest
 
 from config.settings import SearchSettings
 from lookalike.spark_cluster import Cluster, descendants
+from messaging.admin import ensure_topics
 from schemas.codec import l2_normalise
 from search.loader import load_index
 from search.scoring import ScoreOptions
 from search.service import SearchService
 from store.sqlite import SQLiteStore
 from tests.integration.spark_cluster import WORKERS, full_cluster, spark_cluster  # noqa: F401
+from tests.integration.spark_serve_helpers import (
+    Answers,
+    build_catalogue,
+    check_rows,
+    engine_index,
+    expected,
+    mixed_requests,
+    search_messages,
+    send,
+)
 from tests.integration.test_spark_job import MODEL, catalogue  # noqa: F401
+from tests.integration.test_spark_serve import kafka_for, serve_env, serve_process
 
 pytestmark = pytest.mark.integration
 K = 8
@@ -174,3 +187,41 @@ def test_a_driver_killed_mid_batch_and_started_again(
     second.release()
     _assert_answered_once(sqlite_store, second.answers(), catalogue)
     assert not full_cluster.state()["activeapps"]
+
+
+def test_spark_serve_on_the_cluster_answers_as_the_engine_across_a_driver_kill(
+    full_cluster: Cluster,  # noqa: F811
+    sqlite_store: SQLiteStore,
+    broker: str,
+    unique: str,
+    tmp_path: Path,
+) -> None:
+    """``lookalike spark-serve`` with the cluster's master: the engine's answers (as on local[*]);
+    its driver SIGKILLed after the first queries and started again: the master frees the dead
+    application's executors, the new driver gets them, and every query is answered."""
+    listings = build_catalogue(sqlite_store, 300)
+    kafka = kafka_for(broker, unique)
+    ensure_topics(kafka.client_config(), [kafka.images_topic, kafka.queries_topic], kafka.partitions)
+    requests = mixed_requests(16, listings, seed=5)
+    messages = search_messages(requests)
+    env = {**serve_env(kafka, sqlite_store.url), "LOOKALIKE_SPARK_MASTER": full_cluster.master_url}
+    env["LOOKALIKE_SPARK_CONF"] = '{"spark.executor.memory": "512m"}'
+    answers, log_file = Answers(kafka), tmp_path / "serve.log"
+    first_half, second_half = messages[:8], messages[8:]
+    with serve_process(env, log_file) as first:
+        send(kafka, [(m.key(), m.value()) for m in first_half])
+        answers.wait_for([m.query_id for m in first_half], 300, alive=lambda: first.poll() is None)
+        assert [a["name"] for a in full_cluster.state()["activeapps"]], "spark-serve is not on the cluster"
+        os.killpg(first.pid, signal.SIGKILL)
+        first.wait(10)
+    with serve_process(env, log_file) as second:
+        send(kafka, [(m.key(), m.value()) for m in second_half])
+        answers.wait_for([m.query_id for m in messages], 300, alive=lambda: second.poll() is None)
+        second.send_signal(signal.SIGTERM)
+        assert second.wait(60) == 0
+    index = engine_index(sqlite_store)
+    for m, request in zip(messages, requests, strict=True):
+        rows = sqlite_store.read_query_results(m.query_id)
+        check_rows(rows, expected(index, sqlite_store, request))
+        assert [n.results for n in answers.notices[m.query_id]] == [len(rows)]  # answered once
+    answers.close()
