@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 SERVE  ?= 1
 UV_VERSION := 0.13.8
 
-.PHONY: demo test browser docs lint typecheck check bench-store bench-api bench-extract bench-search bench-quality bench-analyze clean
+.PHONY: demo test browser docs lint typecheck check spark-cluster bench-store bench-api bench-extract bench-search bench-spark-serve bench-quality bench-analyze clean
 
 $(STAMP): pyproject.toml search/_scan.c
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -43,6 +43,11 @@ typecheck: $(STAMP)
 
 check: lint typecheck test
 
+# A Spark standalone master and two workers on 127.0.0.1 from the jars pyspark ships (nothing
+# downloaded); prints the LOOKALIKE_SPARK_MASTER to use; Ctrl-C stops it. WORKERS=, CORES=, MEMORY=.
+spark-cluster: $(STAMP)
+	$(BIN)/python -m lookalike.spark_cluster --workers $(or $(WORKERS),2) --cores $(or $(CORES),1) --memory $(or $(MEMORY),1g)
+
 bench-store: $(STAMP)
 	$(BIN)/python -m bench.store
 
@@ -52,6 +57,10 @@ bench-search: $(STAMP)
 # the compact tier alone: ROWS=3000000 for the beyond-RAM run (about 26 GB of SQLite in data/)
 bench-search-compact: $(STAMP)
 	$(BIN)/python -m bench.search_compact --rows $(or $(ROWS),$(if $(filter 1 yes true,$(MILLION)),1000000,100000)) --save
+
+# the Spark search service under load (needs `lookalike spark-serve`): ROWS=, DIM=, MASTER=
+bench-spark-serve: $(STAMP)
+	$(BIN)/python -m bench.spark_serve --rows $(or $(ROWS),100000) --dim $(or $(DIM),1280) --master '$(or $(MASTER),local[2])' --save
 
 bench-analyze: $(STAMP)
 	$(BIN)/python -m bench.analyze $(if $(filter 1 yes true,$(MILLION)),--million,)

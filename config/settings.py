@@ -68,6 +68,15 @@ class KafkaSettings(BaseSettings):
     """Dead letters: what the extract workers cannot process, with the reason in headers."""
     alerts_topic: str = "lookalike.alerts"
     """Images scored on arrival: cross-listing duplicates, outliers (a moderation queue)."""
+    queries_topic: str = "lookalike.queries"
+    """Queries for the Spark search service (`lookalike spark-serve`), keyed by query id: a
+    resolved query vector with its options (`search.spark.messages.SearchMessage`)."""
+    answers_topic: str = "lookalike.answers"
+    """The Spark search service announces each finished query here, keyed by query id, once
+    its rows are in `query_results` (`search.spark.messages.AnswerNotice`)."""
+    queries_group: str = "lookalike-spark-search"
+    """Consumer group of the Spark search service on the queries topic (its committed offsets
+    say which queries are answered)."""
     partitions: int = Field(default=4, ge=1)
     """Partitions of the topics Lookalike creates."""
     replication: int = Field(default=1, ge=1)
@@ -189,15 +198,40 @@ class SparkSettings(BaseSettings):
     conf: dict[str, str] = Field(default_factory=dict)
     """Extra `spark.*` (and `spark.cassandra.*`) options, as JSON."""
     cassandra_connector: str = ""
-    """spark-cassandra-connector's package coordinate, e.g.
-    `com.datastax.spark:spark-cassandra-connector_2.13:3.5.1`; empty: Spark tasks read token
-    ranges through the Python driver."""
+    """spark-cassandra-connector, for a `cassandra://` store: its Maven coordinate for this Spark
+    (4.1, Scala 2.13), `com.datastax.spark:spark-cassandra-connector_2.13:4.1.0`, or the path of a
+    local jar (its assembly jar); comma-separated for several. Checked at start-up: a session whose
+    connector classes do not load stops there. Empty: Spark tasks read token ranges through the
+    Python driver."""
+    serve_metrics_port: int = Field(default=9500, ge=0, le=65535)
+    """`lookalike spark-serve`: its Prometheus endpoint; 0: off."""
+    serve_metrics_host: str = "127.0.0.1"
+    """Where the service's metrics listen: `0.0.0.0` lets Prometheus scrape from elsewhere."""
+    serve_max_batch: int = Field(default=256, ge=1)
+    """`lookalike spark-serve`: the most waiting queries scored together in one pass."""
+    serve_block_rows: int = Field(default=65_536, ge=1)
+    """Rows per cached block (a listing is never split): one float16 matrix an executor holds
+    and scores with one matrix product."""
+    serve_fresh_max_rows: int = Field(default=20_000, ge=1)
+    """Vectors that arrived after the load are scored on the driver; past this many the cache
+    is reloaded from the store (compaction) and the driver's set cleared."""
+    serve_follow_interval_s: float = Field(default=0.2, gt=0)
+    """How often the service looks at the images topic for new vectors and removals."""
 
 
 class SearchSettings(BaseSettings):
-    """The in-memory search engine: exact by default, approximate (FAISS) as an option."""
+    """The search engine: in memory (exact by default, approximate FAISS as an option), or the
+    Spark search service."""
 
     model_config = _config("SEARCH_")
+
+    engine: Literal["memory", "spark"] = "memory"
+    """`memory`: the API holds every vector and scans them itself; `spark`: the API sends each
+    query to the Spark search service (`lookalike spark-serve`) on the queries topic and waits
+    for its answer on the answers topic."""
+    spark_timeout_s: float = Field(default=10.0, gt=0)
+    """`spark` engine: how long the API waits for the service's answer before it replies 202
+    with the query id (the answer is read from `query_results` later)."""
 
     dtype: Literal["float16", "float32"] = "float16"
     """Vectors held in memory by the engine."""

@@ -4,9 +4,17 @@ The connector splits the token ring into Spark partitions, so every listing (a C
 partition) lands whole in one Spark partition and per-listing aggregation needs no shuffle.
 Without the connector, ``search.spark.job.load_features`` reads the same token ranges through
 the Python driver inside Spark tasks.
+
+``LOOKALIKE_SPARK_CASSANDRA_CONNECTOR`` is a Maven coordinate (``spark.jars.packages``, resolved
+by Spark at start-up) or a local jar (``spark.jars``): pyspark 4.1 is Spark 4.1 on Scala 2.13, so
+the connector's 4.1 line, ``com.datastax.spark:spark-cassandra-connector_2.13:4.1.0`` (its 3.5
+line is built for Spark 3.5). When it is configured but its classes do not load, the session
+stops at start-up with a message naming what is missing (:func:`check_connector`).
 """
 
 from __future__ import annotations
+
+from pathlib import Path
 
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
@@ -17,6 +25,31 @@ from schemas.records import ModelInfo
 from store.cassandra_url import parse_url
 
 CONNECTOR_FORMAT = "org.apache.spark.sql.cassandra"
+CONNECTOR_CLASS = "com.datastax.spark.connector.cql.CassandraConnector"
+DEFAULT_CONNECTOR = "com.datastax.spark:spark-cassandra-connector_2.13:4.1.0"
+
+
+class ConnectorMissing(RuntimeError):
+    """The connector is configured but its classes are not on the driver's classpath."""
+
+
+def is_jar(value: str) -> bool:
+    """A local jar (a path ending in .jar, or an existing file), not a Maven coordinate."""
+    return value.endswith(".jar") or Path(value).expanduser().is_file()
+
+
+def connector_jars(value: str) -> dict[str, str]:
+    """``spark.jars`` for local jars, ``spark.jars.packages`` for Maven coordinates (either may
+    be a comma-separated list: the connector and, for a thin jar, its dependencies)."""
+    items = [v.strip() for v in value.split(",") if v.strip()]
+    jars = [str(Path(v).expanduser().resolve()) for v in items if is_jar(v)]
+    packages = [v for v in items if not is_jar(v)]
+    conf = {}
+    if jars:
+        conf["spark.jars"] = ",".join(jars)
+    if packages:
+        conf["spark.jars.packages"] = ",".join(packages)
+    return conf
 
 
 def uses_connector(settings: SparkSettings, store_url: str) -> bool:
@@ -30,7 +63,7 @@ def connector_conf(
     Anything in ``LOOKALIKE_SPARK_CONF`` (e.g. ``spark.cassandra.input.split.sizeInMB``) wins."""
     target, c = parse_url(store_url), cassandra or CassandraSettings()
     conf = {
-        "spark.jars.packages": settings.cassandra_connector,
+        **connector_jars(settings.cassandra_connector),
         "spark.sql.extensions": "com.datastax.spark.connector.CassandraSparkExtensions",
         "spark.cassandra.connection.host": ",".join(h for h, _ in target.hosts),
         "spark.cassandra.connection.port": str(target.hosts[0][1]),
@@ -47,6 +80,23 @@ def connector_conf(
     if c.tls_ca_file:
         conf["spark.cassandra.connection.ssl.trustStore.path"] = str(c.tls_ca_file)
     return {**conf, **settings.conf}
+
+
+def check_connector(spark: SparkSession, settings: SparkSettings) -> None:
+    """Raise :class:`ConnectorMissing` unless the connector's classes load in the driver."""
+    jvm = spark.sparkContext._jvm
+    assert jvm is not None
+    loader = jvm.java.lang.Thread.currentThread().getContextClassLoader()
+    try:
+        jvm.java.lang.Class.forName(CONNECTOR_CLASS, False, loader)
+    except Exception as exc:  # py4j's error carries the JVM's ClassNotFoundException
+        what = "jar" if any(is_jar(v.strip()) for v in settings.cassandra_connector.split(",")) else "package"
+        raise ConnectorMissing(
+            f"LOOKALIKE_SPARK_CASSANDRA_CONNECTOR={settings.cassandra_connector} is set, but class "
+            f"{CONNECTOR_CLASS} does not load from that {what}: give the connector built for Spark "
+            f"{spark.version} and Scala 2.13 (e.g. {DEFAULT_CONNECTOR}, or the path of its assembly "
+            f"jar), or unset it to read through the Python driver ({type(exc).__name__})"
+        ) from None
 
 
 def _uuid_bytes(column: str) -> Column:

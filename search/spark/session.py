@@ -15,7 +15,7 @@ from pathlib import Path
 from pyspark.sql import SparkSession
 
 from config.settings import SparkSettings
-from search.spark.cassandra import connector_conf, uses_connector
+from search.spark.cassandra import check_connector, connector_conf, uses_connector
 
 log = logging.getLogger(__name__)
 LOG4J = Path(__file__).with_name("log4j2.properties")
@@ -51,6 +51,11 @@ def spark_scope(
             signal.signal(signal.SIGINT, handler)
 
 
+def on_loopback(master: str) -> bool:
+    """``local[*]``, or a standalone master on this machine (``make spark-cluster``)."""
+    return master.startswith(("local", "spark://127.0.0.1:", "spark://localhost:"))
+
+
 def spark_session(settings: SparkSettings, app_name: str = "lookalike", store_url: str = "") -> SparkSession:
     ensure_java()
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
@@ -65,7 +70,7 @@ def spark_session(settings: SparkSettings, app_name: str = "lookalike", store_ur
         .config("spark.sql.execution.arrow.pyspark.enabled", "true")
         .config("spark.driver.extraJavaOptions", f"-Dlog4j2.configurationFile={LOG4J.as_uri()}")
     )
-    if settings.master.startswith("local"):  # keep a local driver on loopback only
+    if on_loopback(settings.master):  # keep a local driver (or one of a one-machine cluster) on loopback
         os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
         builder = builder.config("spark.driver.bindAddress", "127.0.0.1").config(
             "spark.driver.host", "127.0.0.1"
@@ -77,4 +82,10 @@ def spark_session(settings: SparkSettings, app_name: str = "lookalike", store_ur
         builder = builder.config(key, value)
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel("ERROR")
+    if uses_connector(settings, store_url):
+        try:
+            check_connector(spark, settings)
+        except Exception:
+            spark.stop()
+            raise
     return spark
