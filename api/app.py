@@ -35,6 +35,8 @@ def create_app(settings: ApiSettings, components: Components | Callable[[], Comp
         yield
         if app.state.components.ingest is not None:
             app.state.components.ingest.producer.close()
+        if app.state.components.spark is not None:
+            app.state.components.spark.client.close()
 
     app = FastAPI(
         title="Lookalike",

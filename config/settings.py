@@ -68,6 +68,10 @@ class KafkaSettings(BaseSettings):
     """Dead letters: what the extract workers cannot process, with the reason in headers."""
     alerts_topic: str = "lookalike.alerts"
     """Images scored on arrival: cross-listing duplicates, outliers (a moderation queue)."""
+    queries_topic: str = "lookalike.queries"
+    """Search queries for the Spark search service (`lookalike spark-serve`), keyed by query id."""
+    answers_topic: str = "lookalike.answers"
+    """The Spark search service's notices that a query's rows are in `query_results`."""
     partitions: int = Field(default=4, ge=1)
     """Partitions of the topics Lookalike creates."""
     replication: int = Field(default=1, ge=1)
@@ -198,6 +202,13 @@ class SearchSettings(BaseSettings):
 
     model_config = _config("SEARCH_")
 
+    engine: Literal["memory", "spark"] = "memory"
+    """Who answers searches: `memory` (this process's index, the tiers below) or `spark` (the
+    Spark search service, `lookalike spark-serve`, through `lookalike.queries` and
+    `lookalike.answers`; needs `LOOKALIKE_KAFKA_BOOTSTRAP`)."""
+    spark_timeout_s: float = Field(default=10.0, gt=0)
+    """`spark` engine: how long a search waits for its answer; past it the API answers 202 with
+    the query id (read it later from `GET /v1/search/{query_id}`)."""
     dtype: Literal["float16", "float32"] = "float16"
     """Vectors held in memory by the engine."""
     mode: Literal["exact", "approximate"] = "exact"

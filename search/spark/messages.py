@@ -39,7 +39,9 @@ class SearchMessage(BaseModel):
     min_score: float | None = None
     in_stock_only: bool = False
     exclude: tuple[uuid.UUID, ...] = ()
-    sent_at: float = Field(default=0.0, description="sender's clock (s since the epoch), for the queue-wait metric")
+    sent_at: float = Field(
+        default=0.0, description="sender's clock (s since the epoch), for the queue-wait metric"
+    )
 
     @classmethod
     def of(
