@@ -3,6 +3,7 @@ same store, 202 past the wait and the answer read back later, an error notice as
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from collections.abc import Iterator
@@ -10,12 +11,15 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from fastapi.testclient import TestClient
+from typer.testing import CliRunner
 
 from api.app import create_app
 from api.deps import Components
 from config.settings import ApiSettings, KafkaSettings
+from lookalike.cli import app
 from schemas.records import ModelInfo
 from search.service import SearchService
 from search.spark.client import SparkSearchClient
@@ -163,3 +167,30 @@ def test_an_error_notice_is_a_422(memory: SearchService, kafka: KafkaSettings) -
     with StandIn(kafka, memory), spark_client(memory.store, kafka, 60.0, other) as spark:
         r = spark.post("/v1/search", json={"vector": [1.0] * 32})
         assert r.status_code == 422 and "not-stored" in r.text, r.text
+
+
+def test_lookalike_search_uses_the_engine_setting(
+    memory: SearchService, kafka: KafkaSettings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("LOOKALIKE_STORE", memory.store.url)
+    monkeypatch.setenv("LOOKALIKE_MODEL_NAME", memory.index.model.name)
+    monkeypatch.setenv("LOOKALIKE_KAFKA_BOOTSTRAP", kafka.bootstrap)
+    monkeypatch.setenv("LOOKALIKE_KAFKA_QUERIES_TOPIC", kafka.queries_topic)
+    monkeypatch.setenv("LOOKALIKE_KAFKA_ANSWERS_TOPIC", kafka.answers_topic)
+    monkeypatch.setenv("LOOKALIKE_SEARCH_FOLLOW", "off")  # the memory engine's index: no follower left
+    image = memory.store.listing_images(LISTINGS["listing-3"])[0].image_id
+    rows = np.stack([memory.index.listing_vectors(LISTINGS[n])[0] for n in ("listing-0", "listing-4")])
+    np.save(tmp_path / "q.npy", rows)
+    asks = [["--image-id", str(image), "--k", "3"], ["--vector", str(tmp_path / "q.npy"), "--in-stock-only"]]
+    found = {}
+    for engine in ("memory", "spark"):
+        monkeypatch.setenv("LOOKALIKE_SEARCH_ENGINE", engine)
+        with StandIn(kafka, memory):
+            for n, ask in enumerate(asks):
+                result = CliRunner().invoke(app, ["search", *ask, "--json"])
+                assert result.exit_code == 0, result.output
+                found[engine, n] = json.loads(result.stdout)
+    same_answer(found["memory", 0], found["spark", 0])
+    assert len(found["spark", 1]) == 2
+    for a, b in zip(found["memory", 1], found["spark", 1], strict=True):
+        same_answer(a, b)
