@@ -18,7 +18,8 @@ from typer.testing import CliRunner
 
 from api.app import create_app
 from api.deps import Components
-from config.settings import ApiSettings, KafkaSettings
+from config.settings import ApiSettings, KafkaSettings, Settings
+from lookalike import stack
 from lookalike.cli import app
 from schemas.records import ModelInfo
 from search.service import SearchService
@@ -167,6 +168,12 @@ def test_an_error_notice_is_a_422(memory: SearchService, kafka: KafkaSettings) -
     with StandIn(kafka, memory), spark_client(memory.store, kafka, 60.0, other) as spark:
         r = spark.post("/v1/search", json={"vector": [1.0] * 32})
         assert r.status_code == 422 and "not-stored" in r.text, r.text
+    with spark_client(memory.store, kafka, 0.5, other) as spark:  # no service yet: 202
+        r = spark.post("/v1/search", json={"vector": [1.0] * 32})
+        assert r.status_code == 202, r.text
+        with StandIn(kafka, memory):
+            late = poll(spark, r.headers["location"])
+        assert late.status_code == 422 and "not-stored" in late.text, late.text
 
 
 def test_lookalike_search_uses_the_engine_setting(
@@ -194,3 +201,27 @@ def test_lookalike_search_uses_the_engine_setting(
     assert len(found["spark", 1]) == 2
     for a, b in zip(found["memory", 1], found["spark", 1], strict=True):
         same_answer(a, b)
+
+
+def test_the_spark_engine_loads_no_index(
+    memory: SearchService, kafka: KafkaSettings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``lookalike serve``'s components on engine spark: the store's model, no vector in memory,
+    the answers reader; no broker configured is a clear error."""
+    monkeypatch.setenv("LOOKALIKE_STORE", memory.store.url)
+    monkeypatch.setenv("LOOKALIKE_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("LOOKALIKE_MODEL_NAME", memory.index.model.name)
+    monkeypatch.setenv("LOOKALIKE_SEARCH_ENGINE", "spark")
+    with pytest.raises(ValueError, match="needs LOOKALIKE_KAFKA_BOOTSTRAP"):
+        stack.api_components(Settings.from_env())
+    monkeypatch.setenv("LOOKALIKE_KAFKA_BOOTSTRAP", kafka.bootstrap)
+    monkeypatch.setenv("LOOKALIKE_KAFKA_ANSWERS_TOPIC", kafka.answers_topic)
+    components = stack.api_components(Settings.from_env())
+    try:
+        assert components.spark is not None and components.service is components.spark.service
+        assert isinstance(components.service.index, StoreLookup) and len(components.service.index) == 0
+        assert components.service.index.model == memory.index.model
+    finally:
+        assert components.spark is not None and components.ingest is not None
+        components.spark.client.close()
+        components.ingest.producer.close()
