@@ -20,6 +20,16 @@ from store import Store
 F32 = npt.NDArray[np.float32]
 
 
+class NoIndexHere(RuntimeError):
+    """A search of this process's own index, which it does not hold (engine ``spark``)."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "this process holds no index (LOOKALIKE_SEARCH_ENGINE=spark): its searches go to the "
+            "Spark search service; this one needs the memory engine"
+        )
+
+
 class StoreLookup:
     """A :class:`search.tier.SearchIndex` without vectors in memory: lookups read the store
     (as the Spark batch job's ``queries.from_images`` does), changes are the store's business
@@ -78,7 +88,7 @@ class StoreLookup:
         exclude: Iterable[uuid.UUID] = (),
         only: set[uuid.UUID] | None = None,
     ) -> list[RankedListing]:
-        raise RuntimeError("this process holds no index: searches go to the Spark search service")
+        raise NoIndexHere()
 
     def search_many(
         self,
@@ -87,4 +97,4 @@ class StoreLookup:
         exclude: Iterable[uuid.UUID] = (),
         only: set[uuid.UUID] | None = None,
     ) -> list[list[RankedListing]]:
-        raise RuntimeError("this process holds no index: searches go to the Spark search service")
+        raise NoIndexHere()
