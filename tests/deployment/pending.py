@@ -7,10 +7,6 @@ from __future__ import annotations
 # added by issue 15
 ISSUE_15_VARIABLES = frozenset(
     {
-        "LOOKALIKE_SEARCH_ENGINE",
-        "LOOKALIKE_SEARCH_SPARK_TIMEOUT_S",
-        "LOOKALIKE_KAFKA_QUERIES_TOPIC",
-        "LOOKALIKE_KAFKA_ANSWERS_TOPIC",
         "LOOKALIKE_SPARK_SERVE_METRICS_PORT",
         "LOOKALIKE_SPARK_SERVE_METRICS_HOST",
     }
