@@ -299,6 +299,8 @@ def serve_live(result: DemoResult, console: Console) -> int:
         stack.start_live_workers(result.store, result.model, settings, loops, worker_died)
         try:
             print_usage(console, api, key)
+            if result.remote is not None:
+                console.print("searches are answered by the Spark search service (lookalike spark-serve)")
             server.run()  # uvicorn handles SIGINT/SIGTERM while it serves, then hands them on
         finally:
             log.info("stopping the extract worker and the stock follower")
