@@ -36,10 +36,12 @@ class ServiceDied(RuntimeError):
     """The Spark search service exited; the message ends with its log's last lines."""
 
 
-def spark_env(settings: Settings) -> dict[str, str]:
-    """The environment of ``lookalike spark-serve``: this one, with the demo's broker and store."""
+def spark_env(settings: Settings, model: str) -> dict[str, str]:
+    """The environment of ``lookalike spark-serve``: this one, with the demo's broker, store and
+    model."""
     return {
         **os.environ,
+        "LOOKALIKE_MODEL_NAME": model,
         "LOOKALIKE_KAFKA_BOOTSTRAP": settings.kafka.bootstrap,
         "LOOKALIKE_STORE": settings.core.store_url(),
         "LOOKALIKE_DATA_DIR": str(settings.core.data_dir),
@@ -50,14 +52,14 @@ def spark_env(settings: Settings) -> dict[str, str]:
 
 
 @contextlib.contextmanager
-def spark_serve(settings: Settings) -> Iterator[subprocess.Popen[bytes]]:
+def spark_serve(settings: Settings, model: str) -> Iterator[subprocess.Popen[bytes]]:
     """``lookalike spark-serve`` as a child process until the block ends (SIGTERM, then SIGKILL
     after ``STOP_S``)."""
     path = log_path(settings)
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("ab") as out:
         command = [sys.executable, "-m", "lookalike.cli", "spark-serve"]
-        proc = subprocess.Popen(command, env=spark_env(settings), stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(command, env=spark_env(settings, model), stdout=out, stderr=subprocess.STDOUT)
     log.info(
         "Spark search service started (pid %d, master %s); its log: %s", proc.pid, settings.spark.master, path
     )
@@ -126,6 +128,6 @@ def served_search(
         raise ValueError("the spark engine's demo needs an exit stack for its service")
     remote = remote_search(settings, store, model)
     services.callback(remote.client.close)
-    proc = services.enter_context(spark_serve(settings))
+    proc = services.enter_context(spark_serve(settings, model.info.name))
     log.info("asking the Spark search service (its first answer waits for its start)")
     return remote, ask(remote, proc, vector, opts, log_path(settings))
