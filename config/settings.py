@@ -69,9 +69,14 @@ class KafkaSettings(BaseSettings):
     alerts_topic: str = "lookalike.alerts"
     """Images scored on arrival: cross-listing duplicates, outliers (a moderation queue)."""
     queries_topic: str = "lookalike.queries"
-    """Search queries for the Spark search service (`lookalike spark-serve`), keyed by query id."""
+    """Queries for the Spark search service (`lookalike spark-serve`), keyed by query id: a
+    resolved query vector with its options (`search.spark.messages.SearchMessage`)."""
     answers_topic: str = "lookalike.answers"
-    """The Spark search service's notices that a query's rows are in `query_results`."""
+    """The Spark search service announces each finished query here, keyed by query id, once
+    its rows are in `query_results` (`search.spark.messages.AnswerNotice`)."""
+    queries_group: str = "lookalike-spark-search"
+    """Consumer group of the Spark search service on the queries topic (its committed offsets
+    say which queries are answered)."""
     partitions: int = Field(default=4, ge=1)
     """Partitions of the topics Lookalike creates."""
     replication: int = Field(default=1, ge=1)
@@ -195,20 +200,36 @@ class SparkSettings(BaseSettings):
     """spark-cassandra-connector's package coordinate, e.g.
     `com.datastax.spark:spark-cassandra-connector_2.13:3.5.1`; empty: Spark tasks read token
     ranges through the Python driver."""
+    serve_metrics_port: int = Field(default=9500, ge=0, le=65535)
+    """`lookalike spark-serve`: its Prometheus endpoint; 0: off."""
+    serve_metrics_host: str = "127.0.0.1"
+    """Where the service's metrics listen: `0.0.0.0` lets Prometheus scrape from elsewhere."""
+    serve_max_batch: int = Field(default=256, ge=1)
+    """`lookalike spark-serve`: the most waiting queries scored together in one pass."""
+    serve_block_rows: int = Field(default=65_536, ge=1)
+    """Rows per cached block (a listing is never split): one float16 matrix an executor holds
+    and scores with one matrix product."""
+    serve_fresh_max_rows: int = Field(default=20_000, ge=1)
+    """Vectors that arrived after the load are scored on the driver; past this many the cache
+    is reloaded from the store (compaction) and the driver's set cleared."""
+    serve_follow_interval_s: float = Field(default=0.2, gt=0)
+    """How often the service looks at the images topic for new vectors and removals."""
 
 
 class SearchSettings(BaseSettings):
-    """The in-memory search engine: exact by default, approximate (FAISS) as an option."""
+    """The search engine: in memory (exact by default, approximate FAISS as an option), or the
+    Spark search service."""
 
     model_config = _config("SEARCH_")
 
     engine: Literal["memory", "spark"] = "memory"
-    """Who answers searches: `memory` (this process's index, the tiers below) or `spark` (the
-    Spark search service, `lookalike spark-serve`, through `lookalike.queries` and
-    `lookalike.answers`; needs `LOOKALIKE_KAFKA_BOOTSTRAP`)."""
+    """`memory`: the API holds every vector and scans them itself; `spark`: the API sends each
+    query to the Spark search service (`lookalike spark-serve`) on the queries topic and waits
+    for its answer on the answers topic."""
     spark_timeout_s: float = Field(default=10.0, gt=0)
-    """`spark` engine: how long a search waits for its answer; past it the API answers 202 with
-    the query id (read it later from `GET /v1/search/{query_id}`)."""
+    """`spark` engine: how long the API waits for the service's answer before it replies 202
+    with the query id (the answer is read from `query_results` later)."""
+
     dtype: Literal["float16", "float32"] = "float16"
     """Vectors held in memory by the engine."""
     mode: Literal["exact", "approximate"] = "exact"

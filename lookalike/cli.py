@@ -12,7 +12,7 @@ import typer
 from rich.logging import RichHandler
 
 from config.settings import Settings
-from lookalike import analytics_cli, models_cli
+from lookalike import analytics_cli, models_cli, spark_serve
 from lookalike.terminal import console, err, fail, settings_of
 from search.scoring import MAX_K, Aggregation
 
@@ -322,6 +322,7 @@ def _serve_demo(result: DemoResult) -> int:
 
 analytics_cli.register(app)
 models_cli.register(app)
+spark_serve.register(app)
 
 if __name__ == "__main__":
     app()

@@ -135,9 +135,12 @@ class ConsumerLoop:
         lag_interval_s: float = 5.0,
         on_stored: Handler | None = None,
         name: str = "consumer",
+        coalesce: bool = False,
     ) -> None:
         """``on_stored(messages)``: told of each batch once the sink stored it (before its
-        offsets are committed); its failure is logged, never raised."""
+        offsets are committed); its failure is logged, never raised. ``coalesce``: a batch is
+        whatever is waiting (up to ``batch_size``) once the first message is there: a lone
+        message is handed on at once, not held for the poll timeout to fill a batch."""
         self._client_config = client_config
         self._admin: AdminClient | None = None  # made on the first lag lookup
         self._consumer = Consumer(consumer_config(client_config, group, session_timeout_ms))
@@ -149,6 +152,7 @@ class ConsumerLoop:
         self._poll_timeout = poll_timeout_s
         self._observer = observer
         self._on_stored = on_stored
+        self._coalesce = coalesce
         self._lag_interval = lag_interval_s
         self._lag_at = 0.0
         self._lag_retry = Backoff(1.0, 60.0)
@@ -160,7 +164,12 @@ class ConsumerLoop:
 
     def poll_batch(self) -> list[Message]:
         started = time.perf_counter()
-        messages = self._consumer.consume(self.batch_size, self._poll_timeout)
+        if self._coalesce:
+            messages = self._consumer.consume(1, self._poll_timeout)
+            if messages and self.batch_size > 1:
+                messages += self._consumer.consume(self.batch_size - 1, 0)
+        else:
+            messages = self._consumer.consume(self.batch_size, self._poll_timeout)
         good = []
         for m in messages:
             err = m.error()

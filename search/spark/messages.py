@@ -31,7 +31,8 @@ class SearchMessage(BaseModel):
 
     query_id: uuid.UUID
     model: str = Field(min_length=1, max_length=100)
-    vector: str = Field(description="the L2-normalised query vector: float32 little-endian, base64")
+    vector: str
+    """The L2-normalised query vector: float32 little-endian, base64."""
     k: Annotated[int, Field(ge=1, le=MAX_K)] = 10
     aggregation: Aggregation = "max"
     top_n: int = Field(default=3, ge=1)
@@ -39,9 +40,8 @@ class SearchMessage(BaseModel):
     min_score: float | None = None
     in_stock_only: bool = False
     exclude: tuple[uuid.UUID, ...] = ()
-    sent_at: float = Field(
-        default=0.0, description="sender's clock (s since the epoch), for the queue-wait metric"
-    )
+    sent_at: float = 0.0
+    """The sender's clock (seconds since the epoch), for the queue-wait metric."""
 
     @classmethod
     def of(
