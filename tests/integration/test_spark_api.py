@@ -1,5 +1,8 @@
-"""The API on ``LOOKALIKE_SEARCH_ENGINE=spark``: the same answers as the in-memory engine on the
-same store, 202 past the wait and the answer read back later, an error notice as 422."""
+"""The API and ``lookalike search`` on ``LOOKALIKE_SEARCH_ENGINE=spark`` against a real
+``lookalike spark-serve`` (Spark ``local[2]``, the session's broker, one SQLite store): the
+in-memory engine's answers for image id, listing id, vector and upload queries; 202 while the
+service is not up yet, then the answer read back; an error notice as 422. One service for the
+module (Spark's start is the slow part); the tests that need no service run before it starts."""
 
 from __future__ import annotations
 
@@ -8,6 +11,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from contextlib import ExitStack
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -18,50 +22,97 @@ from typer.testing import CliRunner
 
 from api.app import create_app
 from api.deps import Components
-from config.settings import ApiSettings, KafkaSettings, Settings
+from config.cassandra import CassandraSettings
+from config.settings import (
+    ApiSettings,
+    CoreSettings,
+    ExtractSettings,
+    KafkaSettings,
+    ModelSettings,
+    SearchSettings,
+    Settings,
+    SparkSettings,
+)
 from lookalike import stack
 from lookalike.cli import app
+from lookalike.demo_spark import log_path, spark_serve, tail
 from schemas.records import ModelInfo
 from search.service import SearchService
 from search.spark.client import SparkSearchClient
 from search.spark.remote import SparkSearch
 from search.store_lookup import StoreLookup
-from store import Store
+from store.sqlite import SQLiteStore
 from tests.conftest import jpeg_bytes, tiny_model
-from tests.integration.spark_standin import StandIn
 from tests.integration.test_api import LISTINGS, seeded_service
 
 pytestmark = pytest.mark.integration
 FLOAT16_ROUNDING = 2e-3  # scores of float16 vectors, summed in another order
+START_S = 300.0  # the service's start: a JVM, Spark, the vectors cached
+OTHER = ModelInfo(name="not-stored", version="x", dim=32, dtype="float16", weights="random:x")
 
 
-@pytest.fixture
-def kafka(broker: str) -> KafkaSettings:
-    """Topics of this test's own (the session's broker is shared)."""
-    tag = uuid.uuid4().hex[:8]
-    return KafkaSettings(
+@dataclass
+class World:
+    """One store, its in-memory engine, topics of the module's own and (once started) the
+    Spark search service over them."""
+
+    memory: SearchService
+    settings: Settings
+    services: ExitStack = field(default_factory=ExitStack)
+    started: bool = False
+
+    @property
+    def kafka(self) -> KafkaSettings:
+        return self.settings.kafka
+
+    def start(self) -> None:
+        if not self.started:
+            self.services.enter_context(spark_serve(self.settings, self.memory.index.model.name))
+            self.started = True
+
+    def spark_api(self, timeout_s: float = START_S, model: ModelInfo | None = None) -> TestClient:
+        """An API on the spark engine (``model``: the one it serves, the store's by default)."""
+        store = self.memory.store
+        service = SearchService(store, StoreLookup(store, model or self.memory.index.model), tiny_model)
+        spark = SparkSearch(service, SparkSearchClient(self.kafka), timeout_s)
+        return TestClient(create_app(ApiSettings(), Components(service, spark=spark)))
+
+    def memory_api(self) -> TestClient:
+        return TestClient(create_app(ApiSettings(), Components(self.memory)))
+
+
+@pytest.fixture(scope="module")
+def world(broker: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+    folder = tmp_path_factory.mktemp("spark-api")
+    store = SQLiteStore(f"sqlite:///{folder / 'lookalike.db'}")
+    store.apply_schema()
+    tag = uuid.uuid4().hex[:8]  # the session's broker is shared
+    kafka = KafkaSettings(
         bootstrap=broker, queries_topic=f"lookalike.queries.{tag}", answers_topic=f"lookalike.answers.{tag}"
     )
+    settings = Settings(
+        CoreSettings(data_dir=folder, store=store.url),
+        kafka,
+        ModelSettings(name="vgg16_fc7"),
+        ExtractSettings(),
+        SparkSettings(master="local[2]", driver_memory="1g", serve_metrics_port=0),
+        SearchSettings(),
+        ApiSettings(),
+        CassandraSettings(),
+    )
+    w = World(seeded_service(store, folder), settings)
+    try:
+        yield w
+    finally:
+        w.services.close()
+        store.close()
 
 
 @pytest.fixture
-def memory(sqlite_store: Store, tmp_path: Path) -> SearchService:
-    return seeded_service(sqlite_store, tmp_path)
-
-
-def spark_client(store: Store, kafka: KafkaSettings, timeout_s: float, model: ModelInfo) -> TestClient:
-    service = SearchService(store, StoreLookup(store, model), tiny_model)
-    spark = SparkSearch(service, SparkSearchClient(kafka), timeout_s)
-    return TestClient(create_app(ApiSettings(), Components(service, spark=spark)))
-
-
-@pytest.fixture
-def clients(memory: SearchService, kafka: KafkaSettings) -> Iterator[tuple[TestClient, TestClient]]:
-    """(the in-memory engine's API, the Spark engine's API) over the same store."""
-    with ExitStack() as stack:
-        stack.enter_context(StandIn(kafka, memory))
-        mem = stack.enter_context(TestClient(create_app(ApiSettings(), Components(memory))))
-        spark = stack.enter_context(spark_client(memory.store, kafka, 60.0, memory.index.model))
+def serving(world: World) -> Iterator[tuple[TestClient, TestClient]]:
+    """(the in-memory engine's API, the Spark engine's API) with the service started."""
+    world.start()
+    with world.memory_api() as mem, world.spark_api() as spark:
         yield mem, spark
 
 
@@ -87,11 +138,96 @@ def queries(memory: SearchService) -> list[dict[str, Any]]:
     ]
 
 
-def test_spark_answers_as_the_memory_engine(
-    clients: tuple[TestClient, TestClient], memory: SearchService
+def poll(client: TestClient, path: str, deadline_s: float = START_S) -> Any:
+    """GET ``path`` until it stops saying pending."""
+    end = time.monotonic() + deadline_s
+    while True:
+        r = client.get(path)
+        if r.status_code != 404 or "pending" not in r.text or time.monotonic() > end:
+            return r
+        time.sleep(0.2)
+
+
+def ready_within(client: TestClient, deadline_s: float = 30.0) -> Any:
+    """/readyz once it says ready (the answers reader assigns its partitions in the background)."""
+    end = time.monotonic() + deadline_s
+    while (r := client.get("/readyz")).status_code != 200 and time.monotonic() < end:
+        time.sleep(0.1)
+    return r.json()
+
+
+# -- before the service starts ------------------------------------------------------------
+
+
+def test_refusals_and_readiness_need_no_service(world: World) -> None:
+    with world.spark_api(0.5) as spark:
+        wrong = spark.post("/v1/search", json={"vector": [1.0] * 5})
+        assert wrong.status_code == 422 and "32 values" in wrong.text
+        assert spark.post("/v1/search", json={"image_id": str(uuid.uuid4())}).status_code == 404
+        assert spark.post("/v1/search", json={"listing_id": str(uuid.uuid4())}).status_code == 404
+        bad = spark.post("/v1/search/image", files={"image": ("a.jpg", b"not an image", "image/jpeg")})
+        assert bad.status_code == 422 and "not a usable image" in bad.text
+        ready = ready_within(spark)
+        assert ready["ready"], ready
+        assert ready["checks"]["engine"] == f"spark: answers reader following {world.kafka.answers_topic}"
+        assert spark.get(f"/v1/search/{uuid.uuid4()}").json()["detail"].endswith("(unknown or expired)")
+
+
+def test_the_spark_engine_loads_no_index(
+    world: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    mem, spark = clients
-    for body in queries(memory):
+    """``lookalike serve``'s components on engine spark: the store's model, no vector in memory,
+    the answers reader; no broker configured is a clear error."""
+    monkeypatch.setenv("LOOKALIKE_STORE", world.memory.store.url)
+    monkeypatch.setenv("LOOKALIKE_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("LOOKALIKE_MODEL_NAME", world.memory.index.model.name)
+    monkeypatch.setenv("LOOKALIKE_SEARCH_ENGINE", "spark")
+    with pytest.raises(ValueError, match="needs LOOKALIKE_KAFKA_BOOTSTRAP"):
+        stack.api_components(Settings.from_env())
+    monkeypatch.setenv("LOOKALIKE_KAFKA_BOOTSTRAP", world.kafka.bootstrap)
+    monkeypatch.setenv("LOOKALIKE_KAFKA_ANSWERS_TOPIC", world.kafka.answers_topic)
+    components = stack.api_components(Settings.from_env())
+    try:
+        assert components.spark is not None and components.service is components.spark.service
+        assert isinstance(components.service.index, StoreLookup) and len(components.service.index) == 0
+        assert components.service.index.model == world.memory.index.model
+    finally:
+        assert components.spark is not None and components.ingest is not None
+        components.spark.client.close()
+        components.ingest.producer.close()
+
+
+def test_202_before_the_service_is_up_then_the_answer(world: World) -> None:
+    """Past the wait: 202, GET says pending, then answers once the service started; a query
+    the service refuses reads back as 422."""
+    assert not world.started, "the service must not be up yet: run this module in its order"
+    body = {"listing_id": str(LISTINGS["listing-1"]), "k": 3}
+    with world.spark_api(0.5) as spark, world.spark_api(0.5, OTHER) as other:
+        r = spark.post("/v1/search", json=body)
+        assert r.status_code == 202, r.text
+        query_id = r.json()["query_id"]
+        assert r.json() == {"query_id": query_id, "status": "pending"}
+        assert r.headers["location"] == f"/v1/search/{query_id}"
+        early = spark.get(r.headers["location"])
+        assert early.status_code == 404 and "pending" in early.text
+        refused = other.post("/v1/search", json={"vector": [1.0] * 32})
+        assert refused.status_code == 202, refused.text
+        world.start()
+        late = poll(spark, r.headers["location"])
+        assert late.status_code == 200, late.text + tail(log_path(world.settings))
+        assert late.json()["query_id"] == query_id
+        late_refusal = poll(other, refused.headers["location"])
+        assert late_refusal.status_code == 422 and "not-stored" in late_refusal.text, late_refusal.text
+    with world.memory_api() as mem:
+        same_answer(mem.post("/v1/search", json=body).json(), late.json())
+
+
+# -- the service up -----------------------------------------------------------------------
+
+
+def test_spark_answers_as_the_memory_engine(serving: tuple[TestClient, TestClient], world: World) -> None:
+    mem, spark = serving
+    for body in queries(world.memory):
         a, b = mem.post("/v1/search", json=body), spark.post("/v1/search", json=body)
         assert (a.status_code, b.status_code) == (200, 200), (body, b.text)
         same_answer(a.json(), b.json())
@@ -105,86 +241,25 @@ def test_spark_answers_as_the_memory_engine(
     assert back.status_code == 200 and back.json() == b.json()
 
 
-def test_spark_engine_refuses_what_memory_refuses(clients: tuple[TestClient, TestClient]) -> None:
-    _, spark = clients
-    wrong = spark.post("/v1/search", json={"vector": [1.0] * 5})
-    assert wrong.status_code == 422 and "32 values" in wrong.text
-    assert spark.post("/v1/search", json={"image_id": str(uuid.uuid4())}).status_code == 404
-    assert spark.post("/v1/search", json={"listing_id": str(uuid.uuid4())}).status_code == 404
-    bad = spark.post("/v1/search/image", files={"image": ("a.jpg", b"not an image", "image/jpeg")})
-    assert bad.status_code == 422 and "not a usable image" in bad.text
-    ready = ready_within(spark)
-    assert ready["ready"], ready
-    assert ready["checks"]["engine"].endswith("following " + spark_answers(spark))
-
-
-def ready_within(client: TestClient, deadline_s: float = 30.0) -> Any:
-    """/readyz once it says ready (the answers reader assigns its partitions in the background)."""
-    end = time.monotonic() + deadline_s
-    while (r := client.get("/readyz")).status_code != 200 and time.monotonic() < end:
-        time.sleep(0.1)
-    return r.json()
-
-
-def spark_answers(client: TestClient) -> str:
-    topic: str = client.app.state.components.spark.client.kafka.answers_topic  # type: ignore[attr-defined]
-    return topic
-
-
-def poll(client: TestClient, path: str, deadline_s: float = 60.0) -> Any:
-    """GET ``path`` until it stops saying pending."""
-    end = time.monotonic() + deadline_s
-    while True:
-        r = client.get(path)
-        if r.status_code != 404 or "pending" not in r.text or time.monotonic() > end:
-            return r
-        time.sleep(0.1)
-
-
-def test_past_the_timeout_202_then_the_answer_is_read_back(
-    memory: SearchService, kafka: KafkaSettings
-) -> None:
-    body = {"listing_id": str(LISTINGS["listing-1"]), "k": 3}
-    with spark_client(memory.store, kafka, 0.5, memory.index.model) as spark:  # no service yet
-        r = spark.post("/v1/search", json=body)
-        assert r.status_code == 202, r.text
-        query_id = r.json()["query_id"]
-        assert r.json() == {"query_id": query_id, "status": "pending"}
-        assert r.headers["location"] == f"/v1/search/{query_id}"
-        early = spark.get(r.headers["location"])
-        assert early.status_code == 404 and "pending" in early.text
-        assert spark.get(f"/v1/search/{uuid.uuid4()}").json()["detail"].endswith("(unknown or expired)")
-        with StandIn(kafka, memory):
-            late = poll(spark, r.headers["location"])
-    assert late.status_code == 200, late.text
-    assert late.json()["query_id"] == query_id
-    with TestClient(create_app(ApiSettings(), Components(memory))) as mem:
-        same_answer(mem.post("/v1/search", json=body).json(), late.json())
-
-
-def test_an_error_notice_is_a_422(memory: SearchService, kafka: KafkaSettings) -> None:
-    """An API whose model the service does not know: the service says so, the API answers 422."""
-    other = ModelInfo(name="not-stored", version="x", dim=32, dtype="float16", weights="random:x")
-    with StandIn(kafka, memory), spark_client(memory.store, kafka, 60.0, other) as spark:
+def test_an_error_notice_is_a_422(serving: tuple[TestClient, TestClient], world: World) -> None:
+    """An API serving a model the service does not serve: the service says so, 422."""
+    with world.spark_api(START_S, OTHER) as spark:
         r = spark.post("/v1/search", json={"vector": [1.0] * 32})
-        assert r.status_code == 422 and "not-stored" in r.text, r.text
-    with spark_client(memory.store, kafka, 0.5, other) as spark:  # no service yet: 202
-        r = spark.post("/v1/search", json={"vector": [1.0] * 32})
-        assert r.status_code == 202, r.text
-        with StandIn(kafka, memory):
-            late = poll(spark, r.headers["location"])
-        assert late.status_code == 422 and "not-stored" in late.text, late.text
+    assert r.status_code == 422 and "not-stored" in r.text, r.text
 
 
 def test_lookalike_search_uses_the_engine_setting(
-    memory: SearchService, kafka: KafkaSettings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    serving: tuple[TestClient, TestClient], world: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    memory = world.memory
     monkeypatch.setenv("LOOKALIKE_STORE", memory.store.url)
+    monkeypatch.setenv("LOOKALIKE_DATA_DIR", str(tmp_path))
     monkeypatch.setenv("LOOKALIKE_MODEL_NAME", memory.index.model.name)
-    monkeypatch.setenv("LOOKALIKE_KAFKA_BOOTSTRAP", kafka.bootstrap)
-    monkeypatch.setenv("LOOKALIKE_KAFKA_QUERIES_TOPIC", kafka.queries_topic)
-    monkeypatch.setenv("LOOKALIKE_KAFKA_ANSWERS_TOPIC", kafka.answers_topic)
+    monkeypatch.setenv("LOOKALIKE_KAFKA_BOOTSTRAP", world.kafka.bootstrap)
+    monkeypatch.setenv("LOOKALIKE_KAFKA_QUERIES_TOPIC", world.kafka.queries_topic)
+    monkeypatch.setenv("LOOKALIKE_KAFKA_ANSWERS_TOPIC", world.kafka.answers_topic)
     monkeypatch.setenv("LOOKALIKE_SEARCH_FOLLOW", "off")  # the memory engine's index: no follower left
+    monkeypatch.setenv("LOOKALIKE_SEARCH_SPARK_TIMEOUT_S", str(START_S))
     image = memory.store.listing_images(LISTINGS["listing-3"])[0].image_id
     rows = np.stack([memory.index.listing_vectors(LISTINGS[n])[0] for n in ("listing-0", "listing-4")])
     np.save(tmp_path / "q.npy", rows)
@@ -192,36 +267,11 @@ def test_lookalike_search_uses_the_engine_setting(
     found = {}
     for engine in ("memory", "spark"):
         monkeypatch.setenv("LOOKALIKE_SEARCH_ENGINE", engine)
-        with StandIn(kafka, memory):
-            for n, ask in enumerate(asks):
-                result = CliRunner().invoke(app, ["search", *ask, "--json"])
-                assert result.exit_code == 0, result.output
-                found[engine, n] = json.loads(result.stdout)
+        for n, ask in enumerate(asks):
+            result = CliRunner().invoke(app, ["search", *ask, "--json"])
+            assert result.exit_code == 0, result.output
+            found[engine, n] = json.loads(result.stdout)
     same_answer(found["memory", 0], found["spark", 0])
     assert len(found["spark", 1]) == 2
     for a, b in zip(found["memory", 1], found["spark", 1], strict=True):
         same_answer(a, b)
-
-
-def test_the_spark_engine_loads_no_index(
-    memory: SearchService, kafka: KafkaSettings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """``lookalike serve``'s components on engine spark: the store's model, no vector in memory,
-    the answers reader; no broker configured is a clear error."""
-    monkeypatch.setenv("LOOKALIKE_STORE", memory.store.url)
-    monkeypatch.setenv("LOOKALIKE_DATA_DIR", str(tmp_path))
-    monkeypatch.setenv("LOOKALIKE_MODEL_NAME", memory.index.model.name)
-    monkeypatch.setenv("LOOKALIKE_SEARCH_ENGINE", "spark")
-    with pytest.raises(ValueError, match="needs LOOKALIKE_KAFKA_BOOTSTRAP"):
-        stack.api_components(Settings.from_env())
-    monkeypatch.setenv("LOOKALIKE_KAFKA_BOOTSTRAP", kafka.bootstrap)
-    monkeypatch.setenv("LOOKALIKE_KAFKA_ANSWERS_TOPIC", kafka.answers_topic)
-    components = stack.api_components(Settings.from_env())
-    try:
-        assert components.spark is not None and components.service is components.spark.service
-        assert isinstance(components.service.index, StoreLookup) and len(components.service.index) == 0
-        assert components.service.index.model == memory.index.model
-    finally:
-        assert components.spark is not None and components.ingest is not None
-        components.spark.client.close()
-        components.ingest.producer.close()
