@@ -31,7 +31,7 @@ class Pending(TimeoutError):
     def __init__(self, query_id: uuid.UUID, waited_s: float) -> None:
         super().__init__(
             f"no answer within {waited_s:g}s: query {query_id} is still pending "
-            "(read it later from GET /v1/search/{query_id})"
+            f"(read it later: GET /v1/search/{query_id} of the API)"
         )
         self.query_id = query_id
 
