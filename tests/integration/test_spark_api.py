@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
@@ -43,6 +44,7 @@ from search.spark.remote import SparkSearch
 from search.store_lookup import StoreLookup
 from store.sqlite import SQLiteStore
 from tests.conftest import jpeg_bytes, tiny_model
+from tests.e2e.browser import CHROMIUM, CHROMIUM_ARGS, serving
 from tests.integration.test_api import LISTINGS, seeded_service
 
 pytestmark = pytest.mark.integration
@@ -70,12 +72,15 @@ class World:
             self.services.enter_context(spark_serve(self.settings, self.memory.index.model.name))
             self.started = True
 
-    def spark_api(self, timeout_s: float = START_S, model: ModelInfo | None = None) -> TestClient:
-        """An API on the spark engine (``model``: the one it serves, the store's by default)."""
+    def spark_app(self, timeout_s: float = START_S, model: ModelInfo | None = None) -> FastAPI:
+        """The API on the spark engine (``model``: the one it serves, the store's by default)."""
         store = self.memory.store
         service = SearchService(store, StoreLookup(store, model or self.memory.index.model), tiny_model)
         spark = SparkSearch(service, SparkSearchClient(self.kafka), timeout_s)
-        return TestClient(create_app(ApiSettings(), Components(service, spark=spark)))
+        return create_app(ApiSettings(), Components(service, spark=spark))
+
+    def spark_api(self, timeout_s: float = START_S, model: ModelInfo | None = None) -> TestClient:
+        return TestClient(self.spark_app(timeout_s, model))
 
     def memory_api(self) -> TestClient:
         return TestClient(create_app(ApiSettings(), Components(self.memory)))
@@ -109,7 +114,7 @@ def world(broker: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Wor
 
 
 @pytest.fixture
-def serving(world: World) -> Iterator[tuple[TestClient, TestClient]]:
+def served(world: World) -> Iterator[tuple[TestClient, TestClient]]:
     """(the in-memory engine's API, the Spark engine's API) with the service started."""
     world.start()
     with world.memory_api() as mem, world.spark_api() as spark:
@@ -225,8 +230,8 @@ def test_202_before_the_service_is_up_then_the_answer(world: World) -> None:
 # -- the service up -----------------------------------------------------------------------
 
 
-def test_spark_answers_as_the_memory_engine(serving: tuple[TestClient, TestClient], world: World) -> None:
-    mem, spark = serving
+def test_spark_answers_as_the_memory_engine(served: tuple[TestClient, TestClient], world: World) -> None:
+    mem, spark = served
     for body in queries(world.memory):
         a, b = mem.post("/v1/search", json=body), spark.post("/v1/search", json=body)
         assert (a.status_code, b.status_code) == (200, 200), (body, b.text)
@@ -241,7 +246,7 @@ def test_spark_answers_as_the_memory_engine(serving: tuple[TestClient, TestClien
     assert back.status_code == 200 and back.json() == b.json()
 
 
-def test_an_error_notice_is_a_422(serving: tuple[TestClient, TestClient], world: World) -> None:
+def test_an_error_notice_is_a_422(served: tuple[TestClient, TestClient], world: World) -> None:
     """An API serving a model the service does not serve: the service says so, 422."""
     with world.spark_api(START_S, OTHER) as spark:
         r = spark.post("/v1/search", json={"vector": [1.0] * 32})
@@ -249,7 +254,7 @@ def test_an_error_notice_is_a_422(serving: tuple[TestClient, TestClient], world:
 
 
 def test_lookalike_search_uses_the_engine_setting(
-    serving: tuple[TestClient, TestClient], world: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    served: tuple[TestClient, TestClient], world: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     memory = world.memory
     monkeypatch.setenv("LOOKALIKE_STORE", memory.store.url)
@@ -275,3 +280,27 @@ def test_lookalike_search_uses_the_engine_setting(
     assert len(found["spark", 1]) == 2
     for a, b in zip(found["memory", 1], found["spark", 1], strict=True):
         same_answer(a, b)
+
+
+@pytest.mark.e2e
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium not installed (make test installs it as root)")
+def test_the_page_reads_a_pending_answer(
+    served: tuple[TestClient, TestClient], world: World, tmp_path: Path
+) -> None:
+    """The page on an API whose wait is shorter than a pass of the service: the 202's answer
+    is read from its Location and shown as any other."""
+    from playwright.sync_api import sync_playwright
+
+    photo = tmp_path / "query.jpg"
+    photo.write_bytes(jpeg_bytes(20))
+    with serving(world.spark_app(0.001)) as url, sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1200, "height": 800})
+            page.goto(url)
+            page.wait_for_selector("#model option", state="attached", timeout=30_000)
+            page.set_input_files("#file", str(photo))
+            page.wait_for_selector(".card", timeout=120_000)
+            assert page.locator(".card h2").all_inner_texts()[0] == "1. listing-2"
+        finally:
+            browser.close()
