@@ -20,6 +20,7 @@ from api.metrics import ApiMetrics
 from api.routers import analytics, health, images, ingest, listings, models, search
 from config.settings import ApiSettings
 from search.engine import UnknownId
+from search.store_lookup import NoIndexHere
 from store import StoreUnavailable
 
 log = logging.getLogger(__name__)
@@ -37,6 +38,8 @@ def create_app(settings: ApiSettings, components: Components | Callable[[], Comp
         yield
         if app.state.components.ingest is not None:
             app.state.components.ingest.producer.close()
+        if app.state.components.spark is not None:
+            app.state.components.spark.client.close()
 
     app = FastAPI(
         title="Lookalike",
@@ -70,6 +73,10 @@ def create_app(settings: ApiSettings, components: Components | Callable[[], Comp
     @app.exception_handler(UnknownId)
     async def unknown_id(_: Request, exc: UnknownId) -> JSONResponse:
         return JSONResponse({"detail": str(exc)}, status_code=404)
+
+    @app.exception_handler(NoIndexHere)
+    async def no_index(_: Request, exc: NoIndexHere) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=501)
 
     @app.exception_handler(StoreUnavailable)
     async def store_down(_: Request, exc: StoreUnavailable) -> JSONResponse:

@@ -17,6 +17,7 @@ from fastapi.security import APIKeyHeader
 from config.settings import ApiSettings, KafkaSettings
 from messaging.producer import KafkaProducer
 from search.service import SearchService
+from search.spark.remote import SparkSearch
 from search.tier import SearchIndex
 from store import Store
 from store.analytics import AnalyticsStore
@@ -87,6 +88,7 @@ class Components:
     ingest: Ingest | None = None  # None: no broker, the ingest endpoints answer 503
     blobs: BlobStore | None = None  # where the pixels are kept; None: only file:// URIs are served
     process: str = ""  # which of several serving processes this is ("worker 2 of 3, pid 123")
+    spark: SparkSearch | None = None  # LOOKALIKE_SEARCH_ENGINE=spark: who answers searches
 
 
 def _components(request: Request) -> Components:
@@ -104,6 +106,10 @@ def get_store(request: Request) -> Store:
 
 def get_index(request: Request) -> SearchIndex:
     return _components(request).service.index
+
+
+def get_spark(request: Request) -> SparkSearch | None:
+    return _components(request).spark
 
 
 def get_blobs(request: Request) -> BlobStore | None:
@@ -140,6 +146,7 @@ def get_settings(request: Request) -> ApiSettings:
 Searcher = Annotated[SearchService, Depends(get_service)]
 StoreDep = Annotated[Store, Depends(get_store)]
 IndexDep = Annotated[SearchIndex, Depends(get_index)]
+SparkDep = Annotated[SparkSearch | None, Depends(get_spark)]
 BlobsDep = Annotated[BlobStore | None, Depends(get_blobs)]
 IngestDep = Annotated[Ingest, Depends(get_ingest)]
 WriteDep = Annotated[Ingest, Depends(admitted_ingest)]

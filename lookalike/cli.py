@@ -310,11 +310,12 @@ def demo(
     the stack kept live: photos uploaded to it become searchable within seconds."""
     from ingest.catalogue import CatalogueError
     from lookalike.demo import demo_session
+    from lookalike.demo_spark import ServiceDied
 
     try:
         with demo_session(settings_of(ctx), images, console, live=serve_api) as result:
             status = _serve_demo(result) if serve_api else 0
-    except CatalogueError as exc:
+    except (CatalogueError, ServiceDied) as exc:
         fail(str(exc))
     if status:
         raise typer.Exit(status)

@@ -45,9 +45,10 @@ from messaging.broker import EmbeddedBroker
 from messaging.producer import KafkaProducer
 from schemas import ids
 from schemas.records import ModelInfo, QueryAnswer
-from search.loader import load_index
+from search.loader import load_index, load_memory_index
 from search.scoring import ScoreOptions
 from search.service import SearchService
+from search.spark.remote import SparkSearch
 from search.tier import SearchIndex
 from store import Store
 from store.outbox import Outbox
@@ -65,6 +66,7 @@ class DemoResult:
     service: SearchService
     model: FeatureModel
     settings: Settings  # with the Kafka the demo used (the embedded broker's address)
+    remote: SparkSearch | None = None  # engine spark: the Spark search service answers searches
 
 
 @contextlib.contextmanager
@@ -160,9 +162,9 @@ def demo_session(
 ) -> Iterator[DemoResult]:
     """The demo run with a broker (embedded unless configured) that stays up for the block;
     ``live``: the index follows the images topic, so what is extracted later is searchable."""
-    with with_broker(settings) as with_kafka:
+    with with_broker(settings) as with_kafka, contextlib.ExitStack() as services:
         create_topics(with_kafka.kafka)
-        result = run_demo(with_kafka, images, console, follow=live)
+        result = run_demo(with_kafka, images, console, follow=live, services=services)
         try:
             yield result
         finally:  # the index follower reads the topic: it stops before the broker does
@@ -171,9 +173,16 @@ def demo_session(
 
 
 def run_demo(
-    settings: Settings, images: Path | None, console: Console, *, follow: bool = False
+    settings: Settings,
+    images: Path | None,
+    console: Console,
+    *,
+    follow: bool = False,
+    services: contextlib.ExitStack | None = None,
 ) -> DemoResult:
-    """``settings.kafka`` must name a broker (see :func:`demo_session`)."""
+    """``settings.kafka`` must name a broker (see :func:`demo_session`). Engine ``spark``: the
+    Spark search service is started into ``services`` (stopped when it closes) and the query
+    goes through it."""
     core = settings.core
     started = time.monotonic()
     catalogue, query_path, expected = prepare_catalogue(core, images)
@@ -187,18 +196,29 @@ def run_demo(
     extract(store, model, settings, sent)
     query = model.embed_images([Image.open(query_path).convert("RGB")])
     opts = ScoreOptions(k=min(10, len(catalogue.listings)))
-    spark_answer = spark_search(settings, store, model.info, query, opts)
+    remote = None
+    if settings.search.engine == "spark":
+        from lookalike.demo_spark import served_search
+
+        remote, spark_answer = served_search(settings, store, model, query[0], opts, services)
+    else:
+        spark_answer = spark_search(settings, store, model.info, query, opts)
     stored = answer_from_rows(spark_answer.query_id, store.read_query_results(spark_answer.query_id))
+    follow = follow and remote is None  # engine spark: the API holds no index
     observers = (
         stack.arrival_observers(settings, store, model.info.name) if follow else []
     )  # analytics alerts
-    index = load_index(
-        store,
-        model.info,
-        settings.search,
-        settings.kafka if follow else None,
-        progress=True,
-        observers=observers,
+    index = (
+        load_memory_index(store, model.info, settings.search)  # only to compare the answers
+        if remote is not None
+        else load_index(
+            store,
+            model.info,
+            settings.search,
+            settings.kafka if follow else None,
+            progress=True,
+            observers=observers,
+        )
     )
     service = SearchService(
         store,
@@ -214,7 +234,8 @@ def run_demo(
     print_answer(
         console,
         stored,
-        f"Listings like {query_path.name} (Spark, read back from query_results)",
+        f"Listings like {query_path.name} "
+        f"({'the Spark search service' if remote else 'Spark'}, read back from query_results)",
         expected,
     )
     same = [r.listing_id for r in stored.results] == [r.listing_id for r in engine_answer.results]
@@ -224,7 +245,8 @@ def run_demo(
         f"top listing {top!r} {'[green]is[/]' if top == expected else '[red]is not[/]'} "
         f"the one the query photo came from ({expected!r}); {time.monotonic() - started:.0f}s in all"
     )
-    return DemoResult(stored, engine_answer, expected, store, service, model, settings)
+    served = remote.service if remote is not None else service  # what the API searches with
+    return DemoResult(stored, engine_answer, expected, store, served, model, settings, remote)
 
 
 # ---- serving the live stack --------------------------------------------------------------
@@ -270,7 +292,7 @@ def serve_live(result: DemoResult, console: Console) -> int:
     a worker died (the server is stopped then too)."""
     settings = result.settings
     api, key = session_key(settings.api)
-    components = stack.api_components(settings, result.service)
+    components = stack.api_components(settings, result.service, result.remote)
     app = create_app(api, components)
     config = uvicorn.Config(app, host=api.host, port=api.port, log_level="warning")
     loops = stack.BackgroundLoops()
@@ -285,6 +307,8 @@ def serve_live(result: DemoResult, console: Console) -> int:
         stack.start_live_workers(result.store, result.model, settings, loops, worker_died)
         try:
             print_usage(console, api, key)
+            if result.remote is not None:
+                console.print("searches are answered by the Spark search service (lookalike spark-serve)")
             server.run()  # uvicorn handles SIGINT/SIGTERM while it serves, then hands them on
         finally:
             log.info("stopping the extract worker and the stock follower")

@@ -4,6 +4,7 @@ stored catalogue, through the engine."""
 from __future__ import annotations
 
 import uuid
+from contextlib import closing
 from pathlib import Path
 
 from config.settings import Settings
@@ -18,6 +19,10 @@ def run_search(
     settings: Settings, query: Query, opts: ScoreOptions, in_stock_only: bool, model: str | None = None
 ) -> QueryAnswer:
     store = stack.configured_store(settings)
+    if settings.search.engine == "spark":
+        spark = stack.spark_search(settings, store, model)
+        with closing(spark.client):
+            return spark.search(query, opts, in_stock_only)
     return stack.search_service(settings, store, model, progress=True).search(query, opts, in_stock_only)
 
 
@@ -25,7 +30,12 @@ def run_vector_search(
     settings: Settings, path: Path, opts: ScoreOptions, in_stock_only: bool, model: str | None = None
 ) -> list[QueryAnswer]:
     """One answer per row of a .npy array of query vectors, ranked as one batch."""
-    service = stack.search_service(settings, stack.configured_store(settings), model, progress=True)
+    store = stack.configured_store(settings)
+    if settings.search.engine == "spark":
+        spark = stack.spark_search(settings, store, model)
+        with closing(spark.client):
+            return spark.search_many(read_queries(path, spark.service.index.model.dim), opts, in_stock_only)
+    service = stack.search_service(settings, store, model, progress=True)
     return service.search_many(read_queries(path, service.index.model.dim), opts, in_stock_only)
 
 

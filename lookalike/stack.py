@@ -26,6 +26,9 @@ from schemas.messages import MessageError, model_topic, parse_stock
 from search.follow import ChangeObserver
 from search.loader import load_index
 from search.service import SearchService
+from search.spark.client import SparkSearchClient
+from search.spark.remote import SparkSearch
+from search.store_lookup import StoreLookup
 from store import Store, StoreError, open_store
 from store.blobs import BlobStore, open_blobs
 from store.models import register_model, stored_model
@@ -98,17 +101,38 @@ def search_service(
     )
 
 
+def spark_search(settings: Settings, store: Store, model: str | None = None) -> SparkSearch:
+    """Searches answered by the Spark search service (``LOOKALIKE_SEARCH_ENGINE=spark``): no
+    vector is loaded here, a query's vector is looked up in the store or embedded by the CNN
+    (loaded on first use)."""
+    if not settings.kafka.bootstrap:
+        raise ValueError(
+            "LOOKALIKE_SEARCH_ENGINE=spark needs LOOKALIKE_KAFKA_BOOTSTRAP (its queries go through Kafka)"
+        )
+    info = stored_model(store, model or model_name(settings))
+    service = SearchService(
+        store, StoreLookup(store, info), lazy(lambda: configured_model(settings)), settings.model.max_pixels
+    )
+    return SparkSearch(service, SparkSearchClient(settings.kafka), settings.search.spark_timeout_s)
+
+
 def api_components(
     settings: Settings,
     service: SearchService | None = None,
+    spark: SparkSearch | None = None,
     *,
     snapshot: Path | None = None,
     process: str = "",
     score_arrivals: bool = True,
 ) -> Components:
-    """What the API's routers use: the query service (loaded from the store unless given) and,
-    when Kafka is configured, the ingest producer. One of several serving processes
-    (``process`` says which) maps ``snapshot``; one of them scores arrivals (one alert each)."""
+    """What the API's routers use: the query service (loaded from the store unless given; with
+    the ``spark`` engine, the Spark search service's client and no index) and, when Kafka is
+    configured, the ingest producer. One of several serving processes (``process`` says which)
+    maps ``snapshot``; one of them scores arrivals (one alert each)."""
+    if service is None and spark is None and settings.search.engine == "spark":
+        spark = spark_search(settings, configured_store(settings))
+    if spark is not None:
+        service = spark.service
     service = service or search_service(
         settings,
         configured_store(settings),
@@ -127,7 +151,9 @@ def api_components(
         ack_timeout_s=kafka.delivery_timeout_s,
         delivery_timeout_s=kafka.delivery_timeout_s,
     )
-    return Components(service, Ingest(producer, kafka, Outbox(blobs)), blobs=blobs, process=process)
+    return Components(
+        service, Ingest(producer, kafka, Outbox(blobs)), blobs=blobs, spark=spark, process=process
+    )
 
 
 def stack_topics(kafka: KafkaSettings) -> list[str]:

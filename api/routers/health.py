@@ -24,14 +24,20 @@ async def healthz() -> dict[str, str]:
 async def readyz(request: Request, store: StoreDep, index: IndexDep) -> JSONResponse:
     """Store, index and (when configured) broker are usable, and no graceful stop is draining
     the service; 503 says which is not. ``follower`` says whether the index follows new
-    images, or what it waits for (a topic nothing was published to yet, the broker)."""
+    images, or what it waits for (a topic nothing was published to yet, the broker). Engine
+    `spark`: ``engine`` says whether the reader of the service's answers follows its topic."""
     checks: dict[str, str] = {}
     try:
         await run_in_threadpool(store.get_model, index.model.name)
         checks["store"] = "ok"
     except StoreError as exc:
         checks["store"] = f"unavailable: {exc}"
-    checks["index"] = f"ok: {len(index)} vectors" if len(index) else "empty"
+    spark = request.app.state.components.spark
+    if spark is None:
+        checks["index"] = f"ok: {len(index)} vectors" if len(index) else "empty"
+    else:
+        checks["index"] = "none in this process: the Spark search service answers"
+        checks["engine"] = f"spark: answers reader {spark.client.status}"
     checks["model"] = f"{index.model.name} ({index.model.dim}-d, weights {index.model.weights})"
     follower = index.follower
     checks["follower"] = "off" if follower is None else str(follower.status)
@@ -49,6 +55,7 @@ async def readyz(request: Request, store: StoreDep, index: IndexDep) -> JSONResp
         checks["store"] == "ok"
         and checks["broker"] in ("ok", "not configured")
         and checks.get("ingest", "ok") == "ok"
+        and (spark is None or spark.client.connected)
     )
     return JSONResponse({"ready": ready, "checks": checks}, status_code=200 if ready else 503)
 

@@ -117,8 +117,12 @@ async function run(path, request, label) {
   showView("results");
   statusLine.textContent = `Searching ${label}…`;
   const started = performance.now();
-  const response = await fetch(path, withKey(request));
-  const body = await response.json();
+  let response = await fetch(path, withKey(request));
+  let body = await response.json();
+  if (response.status === 202) {  // engine spark, past the API's wait: read the answer later
+    statusLine.textContent = `Searching ${label}… (queued)`;
+    ({ response, body } = await pendingAnswer(response.headers.get("location") || `/v1/search/${body.query_id}`));
+  }
   if (!response.ok) {
     statusLine.textContent = `Error ${response.status}: ${JSON.stringify(body.detail)}`;
     results.replaceChildren();
@@ -126,6 +130,18 @@ async function run(path, request, label) {
   }
   statusLine.textContent = `${body.results.length} listings in ${Math.round(performance.now() - started)} ms`;
   render(body.results);
+}
+
+// A search answered 202 (queued for the Spark search service): its answer, once it is there.
+async function pendingAnswer(where) {
+  const started = performance.now();
+  for (;;) {
+    const response = await fetch(where, withKey({}));
+    const body = await response.json().catch(() => ({ detail: response.statusText }));
+    const pending = response.status === 404 && String(body.detail).includes("pending");
+    if (!pending || performance.now() - started > SEARCHABLE_TIMEOUT_MS) return { response, body };
+    await new Promise((resolve) => setTimeout(resolve, 250));
+  }
 }
 
 function searchFile(f) {
