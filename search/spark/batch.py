@@ -23,7 +23,6 @@ from search.spark.cache import S16, Block, PassScorer, Ranked, VectorCache, top_
 from store import ResultRow, Store, open_store
 
 
-
 @dataclass(frozen=True)
 class Stock:
     """Every stock level, as sorted arrays (looked up in the tasks)."""
