@@ -187,8 +187,13 @@ class PassScorer:
     in_stock: S16 = field(default_factory=lambda: NO_IDS)
     threads: int | None = 1  # a Spark task has one core
 
+    def score_matrix(self, block: Block) -> npt.NDArray[np.float32]:
+        """(rows, requests) scores of one block: one matrix product."""
+        return kernel.score(block.vectors, self.queries, threads=self.threads)
+
     def score(self, block: Block) -> list[Ranked]:
-        scores = kernel.score(block.vectors, self.queries, threads=self.threads)
+        """Each request's ranked listings of one block."""
+        scores = self.score_matrix(block)
         base = np.ones(len(block.listing_ids), dtype=bool)
         if len(self.hidden):
             base &= ~np.isin(block.listing_ids, self.hidden)

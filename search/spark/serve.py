@@ -132,7 +132,7 @@ class SearchLoop:
 
     def _answer(self, queries: list[Query]) -> list[AnswerNotice]:
         started = time.monotonic()
-        fresh = self._fresh()
+        fresh = self._fresh()  # before the cache: a compaction switches the cache, then forgets
         counts = answer_batch(
             self.spark,
             self._cache(),
