@@ -15,12 +15,13 @@ import itertools
 import logging
 import time
 import uuid
+from collections.abc import Iterable, Iterator
 
 import numpy as np
 
 from config.settings import KafkaConfig
 from messaging.tail import TopicTail
-from schemas.messages import ImageMessage, MessageError, parse_image_topic
+from schemas.messages import DeleteMessage, ImageMessage, MessageError, parse_image_topic
 from schemas.records import FeatureBatch, ModelInfo, id_array
 from search.follow import Changes
 from search.tier import SearchIndex
@@ -28,6 +29,60 @@ from store import Store
 
 log = logging.getLogger(__name__)
 CHECK_PER_POLL = 5000  # pending images looked up in the store per poll (a backlog is taken in turns)
+
+
+class PendingImages:
+    """Images announced on the images topic whose vectors are not stored yet: looked up in the
+    store in turns (``CHECK_PER_POLL`` a poll), forgotten when removed, or after ``max_wait_s``
+    (never stored: dead-lettered, or for another model). Shared by the in-memory index's
+    follower and the Spark search service's."""
+
+    def __init__(self, max_wait_s: float) -> None:
+        self.max_wait_s = max_wait_s
+        self._seen: dict[uuid.UUID, tuple[uuid.UUID, float]] = {}  # image -> (listing, seen at)
+
+    def __contains__(self, image: object) -> bool:
+        return image in self._seen
+
+    def __len__(self) -> int:
+        return len(self._seen)
+
+    def __iter__(self) -> Iterator[uuid.UUID]:
+        return iter(list(self._seen))
+
+    def announce(self, msg: ImageMessage, now: float) -> None:
+        self._seen.setdefault(msg.image_id, (msg.listing_id, now))
+
+    def removed(self, msg: DeleteMessage) -> None:
+        """A removal announced: its image, or every image of its listing, stops being watched."""
+        if msg.image_id is not None:
+            self._seen.pop(msg.image_id, None)
+            return
+        for image in [i for i, (listing, _) in self._seen.items() if listing == msg.listing_id]:
+            del self._seen[image]
+
+    def drop(self, images: Iterable[uuid.UUID]) -> None:
+        for image in images:
+            self._seen.pop(image, None)
+
+    def take_stored(self, store: Store, model: str) -> dict[uuid.UUID, list[uuid.UUID]]:
+        """The pending images now stored, by listing; they stop being pending (the ones looked
+        up and not found go to the back of the line)."""
+        if not self._seen:
+            return {}
+        checked = list(itertools.islice(self._seen, CHECK_PER_POLL))
+        stored = store.existing_images(checked, model)
+        by_listing: dict[uuid.UUID, list[uuid.UUID]] = {}
+        for image in checked:
+            entry = self._seen.pop(image)
+            if image in stored:
+                by_listing.setdefault(entry[0], []).append(image)
+            else:
+                self._seen[image] = entry
+        too_old = time.monotonic() - self.max_wait_s
+        for image in [i for i, (_, seen) in self._seen.items() if seen < too_old]:
+            del self._seen[image]
+        return by_listing
 
 
 class ImageStreamSource:
@@ -43,8 +98,8 @@ class ImageStreamSource:
         since_ms: int,
         max_wait_s: float = 3600.0,
     ) -> None:
-        self.store, self.model, self.index, self.max_wait_s = store, model, index, max_wait_s
-        self.pending: dict[uuid.UUID, tuple[uuid.UUID, float]] = {}  # image -> (listing, seen at)
+        self.store, self.model, self.index = store, model, index
+        self.pending = PendingImages(max_wait_s)
         self._tail = TopicTail(client_config, topic, since_ms)
 
     @property
@@ -67,13 +122,12 @@ class ImageStreamSource:
             except MessageError:
                 continue  # the workers dead-letter it; nothing will be stored
             if isinstance(msg, ImageMessage):
-                self.pending.setdefault(msg.image_id, (msg.listing_id, now))
-            elif msg.image_id is not None:
-                self.pending.pop(msg.image_id, None)
+                self.pending.announce(msg, now)
+                continue
+            self.pending.removed(msg)
+            if msg.image_id is not None:
                 removed_images.append(msg.image_id)
             else:
-                for image in [i for i, (listing, _) in self.pending.items() if listing == msg.listing_id]:
-                    del self.pending[image]
                 removed_listings.append(msg.listing_id)
         return removed_images, removed_listings
 
@@ -81,19 +135,9 @@ class ImageStreamSource:
         if not self.pending:
             return FeatureBatch.empty(self.model.dim)
         ids = list(self.pending)
-        for image, held in zip(ids, np.isin(id_array(ids), self.index.image_id_array()), strict=True):
-            if held:  # re-sent image the index already has
-                del self.pending[image]
-        checked = list(itertools.islice(self.pending, CHECK_PER_POLL))
-        stored = self.store.existing_images(checked, self.model.name)
-        by_listing: dict[uuid.UUID, list[uuid.UUID]] = {}
-        for image in checked:  # found ones leave; the rest go to the back of the line
-            entry = self.pending.pop(image)
-            if image in stored:
-                by_listing.setdefault(entry[0], []).append(image)
-            else:
-                self.pending[image] = entry
-        self._expire()
+        held = np.isin(id_array(ids), self.index.image_id_array())
+        self.pending.drop(image for image, h in zip(ids, held, strict=True) if h)  # re-sent, already held
+        by_listing = self.pending.take_stored(self.store, self.model.name)
         return FeatureBatch.concat(
             [self._rows(listing, images) for listing, images in by_listing.items()], self.model.dim
         )
@@ -102,12 +146,6 @@ class ImageStreamSource:
         batch = self.store.listing_features(listing, self.model)
         keep = np.isin(batch.image_ids, id_array(images))
         return FeatureBatch(batch.listing_ids[keep], batch.image_ids[keep], batch.vectors[keep])
-
-    def _expire(self) -> None:
-        """Images never stored (dead-lettered, or for another model) stop being watched."""
-        too_old = time.monotonic() - self.max_wait_s
-        for image in [i for i, (_, seen) in self.pending.items() if seen < too_old]:
-            del self.pending[image]
 
     def close(self) -> None:
         self._tail.close()

@@ -25,13 +25,13 @@ from messaging.errors import MessagingError
 from messaging.tail import TopicTail
 from schemas.messages import DeleteMessage, ImageMessage, MessageError, parse_image_topic
 from schemas.records import FeatureBatch, ModelInfo, id_array
+from search.follow_kafka import PendingImages
 from search.spark.batch import Fresh
 from search.spark.cache import blocks_of
 from search.spark.metrics import ServeMetrics
 from store import Store, StoreError
 
 log = logging.getLogger(__name__)
-CHECK_PER_POLL = 5000  # pending images looked up in the store per poll
 
 
 @dataclass
@@ -152,8 +152,8 @@ class FreshFollower:
         metrics: ServeMetrics,
         max_wait_s: float = 3600.0,
     ) -> None:
-        self.fresh, self.interval_s, self.metrics, self.max_wait_s = fresh, interval_s, metrics, max_wait_s
-        self.pending: dict[uuid.UUID, tuple[uuid.UUID, float]] = {}  # image -> (listing, seen at)
+        self.fresh, self.interval_s, self.metrics = fresh, interval_s, metrics
+        self.pending = PendingImages(max_wait_s)
         self._tail = TopicTail(client_config, topic, since_ms)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="spark-serve-follower", daemon=True)
@@ -184,38 +184,23 @@ class FreshFollower:
             except MessageError:
                 continue  # the workers dead-letter it; nothing will be stored
             if isinstance(msg, ImageMessage):
-                self.pending.setdefault(msg.image_id, (msg.listing_id, now))
+                self.pending.announce(msg, now)
                 self.fresh.restore_image(msg.listing_id, msg.image_id)
             else:
                 changed += self._removal(msg)
         return changed
 
     def _removal(self, msg: DeleteMessage) -> int:
+        self.pending.removed(msg)
         if msg.image_id is not None:
-            self.pending.pop(msg.image_id, None)
             self.fresh.remove_images(msg.listing_id, [msg.image_id])
         else:
-            for image in [i for i, (lid, _) in self.pending.items() if lid == msg.listing_id]:
-                del self.pending[image]
             self.fresh.remove_listing(msg.listing_id)
         return 1
 
     def _stored(self) -> int:
         """Listings whose pending images are stored now: read whole into the fresh set."""
-        if not self.pending:
-            return 0
-        checked = list(self.pending)[:CHECK_PER_POLL]
-        stored = self.fresh.store.existing_images(checked, self.fresh.model.name)
-        listings = set()
-        for image in checked:  # found ones leave; the rest go to the back of the line
-            entry = self.pending.pop(image)
-            if image in stored:
-                listings.add(entry[0])
-            else:
-                self.pending[image] = entry
-        too_old = time.monotonic() - self.max_wait_s
-        for image in [i for i, (_, seen) in self.pending.items() if seen < too_old]:
-            del self.pending[image]  # never stored (dead-lettered, or for another model)
+        listings = set(self.pending.take_stored(self.fresh.store, self.fresh.model.name))
         self.fresh.refresh(listings)
         return len(listings)
 
