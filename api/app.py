@@ -16,7 +16,7 @@ from fastapi.staticfiles import StaticFiles
 
 from api import bodies
 from api.deps import Components, ModelQueue
-from api.metrics import ApiMetrics
+from api.metrics import ApiMetrics, MetricsMiddleware
 from api.routers import analytics, health, images, ingest, listings, models, search
 from config.settings import ApiSettings
 from search.engine import UnknownId
@@ -52,7 +52,7 @@ def create_app(settings: ApiSettings, components: Components | Callable[[], Comp
     app.state.settings = settings
     app.state.model_queue = ModelQueue(settings.model_concurrency, settings.model_queue)
     app.state.metrics = ApiMetrics()
-    app.middleware("http")(app.state.metrics.middleware)
+    app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,

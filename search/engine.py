@@ -192,10 +192,12 @@ class VectorIndex:
 
     def image_vector(self, image_id: uuid.UUID) -> tuple[uuid.UUID, F32]:
         v = self._view
-        rows = np.flatnonzero(v.image_ids == np.bytes_(image_id.bytes))
-        if len(rows) == 0:
+        at = v.image_position(image_id.bytes)
+        if at is None:
             raise UnknownId(f"image {image_id} has no vector of model {self.model.name}")
-        return as_uuid(v.listing_rows[rows[0]]), kernel.widen(v.vectors(v.order[rows[:1]]))[0]
+        n = len(v.main)
+        listing = v.main.listing_ids[at] if at < n else v.fresh.listing_ids[at - n]
+        return as_uuid(listing), kernel.widen(v.vectors(np.array([at], dtype=np.int64)))[0]
 
     # -- search ---------------------------------------------------------------------------
     def check_queries(self, queries: npt.NDArray[np.floating]) -> F32:

@@ -149,8 +149,20 @@ def ranked_each(
     own options and exclusions: a batch answered as each query would be alone."""
     if scores.ndim != 2 or scores.shape[1] != len(requests):
         raise ValueError(f"scores must be (rows, {len(requests)}), got {scores.shape}")
+    columns = np.ascontiguousarray(scores.T)  # one copy, each request's scores contiguous
+    maxima = None  # every request's per-listing maximum in one call, when any asks for it
+    if len(starts) and any(r.opts.aggregation == "max" for r in requests):
+        maxima = np.ascontiguousarray(np.maximum.reduceat(scores, starts, axis=0).T, dtype=np.float32)
     return [
-        ranked(scores[:, j], starts, listing_ids, image_ids, r.allowed(listing_ids, base), r.opts)
+        ranked(
+            columns[j],
+            starts,
+            listing_ids,
+            image_ids,
+            r.allowed(listing_ids, base),
+            r.opts,
+            maxima[j] if maxima is not None and r.opts.aggregation == "max" else None,
+        )
         for j, r in enumerate(requests)
     ]
 
@@ -162,11 +174,14 @@ def ranked(
     image_ids: npt.NDArray[np.bytes_],
     allowed: npt.NDArray[np.bool_],
     opts: ScoreOptions,
+    per_listing: F32 | None = None,
 ) -> list[RankedListing]:
     """Listings aggregated from their images' ``scores`` (rows of one listing contiguous from
-    ``starts``), ranked, each with its best matching images: the answer's one definition."""
+    ``starts``), ranked, each with its best matching images: the answer's one definition.
+    ``per_listing``: the aggregation already computed (:func:`ranked_each`, for a batch)."""
     column = np.ascontiguousarray(scores)
-    per_listing = aggregate(column, starts, opts)
+    if per_listing is None:
+        per_listing = aggregate(column, starts, opts)
     ends = np.append(starts[1:], len(column))
     out = []
     for i in rank(per_listing, listing_ids, allowed, opts):

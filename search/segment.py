@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -136,6 +137,22 @@ class Segment:
     def take(self, mask: npt.NDArray[np.bool_]) -> Segment:
         return Segment(self.listing_ids[mask], self.image_ids[mask], self.vectors[mask], self.keys[mask])
 
+    @cached_property
+    def _by_image(self) -> tuple[I64, Ids]:
+        """Row numbers in image id order, and the ids in that order: sorted once per segment
+        (a segment never changes), on its first lookup."""
+        order = np.argsort(self.image_ids, kind="stable")
+        return order, self.image_ids[order]
+
+    def image_row(self, image: bytes) -> int | None:
+        """The row holding this image id (16 bytes), or None: a binary search, not a scan."""
+        order, ids = self._by_image
+        key = np.array([image], dtype="S16")  # compared as arrays: trailing NUL bytes count
+        i = int(np.searchsorted(ids, key)[0])
+        if i < len(ids) and bool((ids[i : i + 1] == key)[0]):
+            return int(order[i])
+        return None
+
 
 def _order(listing_rows: Ids, image_ids: Ids, alive: npt.NDArray[np.bool_] | None = None) -> I64:
     """Row numbers in (listing, image) order; of rows sharing an image id the last is kept;
@@ -193,6 +210,16 @@ class View:
             return main  # nothing removed or added since the main segment was built
         both = np.concatenate([main, kernel.score(self.fresh.vectors, queries)])
         return both[self.order]
+
+    def image_position(self, image: bytes) -> int | None:
+        """Where a live image's row is in ``[main rows; fresh rows]``, or None. A fresh row
+        wins (a replaced main row is tombstoned); the main segment is searched through its
+        sorted image ids, so a lookup costs a binary search at any catalogue size."""
+        at = np.flatnonzero(self.fresh.image_ids == np.array([image], dtype="S16"))
+        if len(at):
+            return len(self.main) + int(at[0])
+        row = self.main.image_row(image)
+        return row if row is not None and bool(self.main_alive[row]) else None
 
     def listing_index(self, listing: bytes) -> int | None:
         key = np.array([listing], dtype="S16")  # compared as arrays: trailing NUL bytes count

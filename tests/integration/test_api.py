@@ -169,8 +169,13 @@ def test_readiness_and_metrics(client: TestClient) -> None:
         "broker": "not configured",
     }
     client.post("/v1/search", json={"listing_id": str(LISTINGS["listing-0"])})
+    client.post("/v1/search", json={"k": 0})
+    client.get("/no/such/path")
     metrics = client.get("/metrics").text
     assert 'lookalike_http_requests_total{handler="search",method="POST",status="200"} 1.0' in metrics
+    assert 'lookalike_http_requests_total{handler="search",method="POST",status="422"} 1.0' in metrics
+    assert 'lookalike_http_requests_total{handler="unmatched",method="GET",status="404"} 1.0' in metrics
+    assert 'lookalike_http_request_seconds_count{handler="search",method="POST"} 2.0' in metrics
 
 
 def test_ingest_needs_keys_and_a_broker(sqlite_store, tmp_path) -> None:  # type: ignore[no-untyped-def]

@@ -107,6 +107,38 @@ def test_replacing_an_image_keeps_one_row() -> None:
     cat.check(index, ScoreOptions(k=10))
 
 
+def test_every_live_image_is_looked_up_in_either_tier() -> None:
+    """image_vector finds each live image (main or fresh, replaced or not, ids ending in zero
+    bytes) with its listing and vector, and no removed one."""
+    cat = Catalogue(7)
+    index = fresh_index(cat)
+    listing, v = next(iter(cat.rows.values()))
+    zero_tail = uuid.UUID(int=12345 << 64)  # an image id whose last 8 bytes are NUL
+    index.add(FeatureBatch(np.array([listing.bytes], "S16"), np.array([zero_tail.bytes], "S16"), v[None]))
+    cat.rows[zero_tail] = (listing, v)
+    index.add(cat.batch(4))  # fresh rows
+    replaced = next(iter(cat.rows))  # a main row, replaced by a fresh one
+    moved = (-cat.rows[replaced][1]).astype(np.float32)
+    index.add(
+        FeatureBatch(
+            np.array([cat.rows[replaced][0].bytes], "S16"), np.array([replaced.bytes], "S16"), moved[None]
+        )
+    )
+    cat.rows[replaced] = (cat.rows[replaced][0], moved)
+    gone = list(cat.rows)[1::5]
+    index.remove_images(gone)
+    for image in gone:
+        del cat.rows[image]
+    assert index.fresh_rows > 0
+    for image, (want_listing, want_vector) in cat.rows.items():
+        got_listing, got_vector = index.image_vector(image)
+        assert got_listing == want_listing
+        np.testing.assert_array_equal(got_vector, want_vector)
+    for image in [*gone, uuid.UUID(int=12346 << 64)]:
+        with pytest.raises(UnknownId):
+            index.image_vector(image)
+
+
 def test_fresh_tier_is_merged_past_its_limit() -> None:
     cat = Catalogue(4)
     index = fresh_index(cat, fresh_max_rows=8)
