@@ -326,29 +326,31 @@ class CassandraStore(CassandraAnalytics):
     def write_many_query_results(
         self, answers: Sequence[tuple[uuid.UUID, Sequence[ResultRow]]], ttl: int = QUERY_TTL_SECONDS
     ) -> None:
-        """Every row of every answer through the driver's concurrent execution (bounded)."""
+        """Each answer's rows as one single-partition batch (an answer appears whole, in one
+        round trip), the answers through the driver's concurrent execution (bounded)."""
         if not 1 <= ttl <= MAX_TTL_SECONDS:
             raise ValueError(f"ttl must be in [1, {MAX_TTL_SECONDS}] seconds, got {ttl}")
         now = utcnow()
-        self._cql.execute_many(
+        self._cql.write_batches(
             [
-                (
-                    INSERT_RESULT,
+                [
                     (
-                        query_id,
-                        f32(r.score),
-                        r.listing_id,
-                        r.listing_name,
-                        r.inventory,
-                        matches_json(r.matches),
-                        now,
-                        ttl,
-                    ),
-                )
+                        INSERT_RESULT,
+                        (
+                            query_id,
+                            f32(r.score),
+                            r.listing_id,
+                            r.listing_name,
+                            r.inventory,
+                            matches_json(r.matches),
+                            now,
+                            ttl,
+                        ),
+                    )
+                    for r in rows
+                ]
                 for query_id, rows in answers
-                for r in rows
-            ],
-            write=True,
+            ]
         )
 
     def read_query_results(self, query_id: uuid.UUID, k: int | None = None) -> list[ResultRow]:

@@ -35,7 +35,7 @@ from cassandra.policies import (
     RetryPolicy,
     TokenAwarePolicy,
 )
-from cassandra.query import SimpleStatement, tuple_factory
+from cassandra.query import BatchStatement, BatchType, SimpleStatement, tuple_factory
 from tenacity import (
     Retrying,
     before_sleep_log,
@@ -297,9 +297,27 @@ class CqlSession:
     def execute_many(self, requests: Sequence[tuple[str, Sequence[object]]], *, write: bool) -> list[Any]:
         """Run many statements with at most ``concurrency`` in flight; results in order.
         Only the failed ones are retried; the first error left after retries is raised."""
-        if not requests:
+        return self._concurrent([(self.prepare(cql), params) for cql, params in requests], write=write)
+
+    def write_batches(self, groups: Sequence[Sequence[tuple[str, Sequence[object]]]]) -> None:
+        """Each group of writes as one UNLOGGED batch, at most ``concurrency`` in flight. Meant
+        for rows of one partition (one answer's rows): Cassandra applies such a batch atomically
+        and in isolation, in one round trip, so a reader never sees half of it (and a batch of one
+        partition needs no batch log). Only failed batches are retried (they are idempotent)."""
+        batches: list[tuple[Any, Any]] = []
+        for group in groups:
+            if not group:
+                continue
+            batch = BatchStatement(batch_type=BatchType.UNLOGGED)
+            for cql, params in group:
+                batch.add(self.prepare(cql), params)
+            batch.is_idempotent = True
+            batches.append((batch, None))  # a batch's values are bound inside it
+        self._concurrent(batches, write=True)
+
+    def _concurrent(self, bound: Sequence[tuple[Any, Any]], *, write: bool) -> list[Any]:
+        if not bound:
             return []
-        bound = [(self.prepare(cql), params) for cql, params in requests]
         results: list[Any] = [None] * len(bound)
         pending = list(range(len(bound)))
         started = time.perf_counter()
@@ -330,7 +348,7 @@ class CqlSession:
         if write:
             seconds = time.perf_counter() - started
             log.debug(
-                "wrote %d rows in %.3f s (%.0f rows/s)",
+                "wrote %d statements in %.3f s (%.0f a second)",
                 len(bound),
                 seconds,
                 len(bound) / seconds if seconds > 0 else float("inf"),
