@@ -14,7 +14,9 @@ asyncio HTTP/1.1 loop, whose own ceiling is measured first). Searches by image i
 ids, by vector a stored vector plus noise (JSON of DIM floats), by upload generated JPEGs
 (bench.api_photos). Each level also reports what the server spent (bench.api_server):
 event-loop and worker CPU per request, in-app time per request, and the mean search batch size
-from ``/metrics`` (null when the service has no batch-size histogram). Ratios compare levels
+from ``/metrics`` (null when the service has no batch-size histogram). Before an exact server
+starts, the engine's passes are timed alone in this process (bench.api_engine): how much a batch
+can gain over one query on this machine, the ceiling of the ratios. Ratios compare levels
 measured in the same run; targets say met / not met. Prints JSON; ``--save NAME`` also writes
 ``bench/results/NAME.json``.
 """
@@ -35,7 +37,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench import api_breakdown, api_client, api_data, api_photos, api_server
+from bench import api_breakdown, api_client, api_data, api_engine, api_photos, api_server
 from bench.api_targets import TARGETS, check_targets
 from config.settings import Settings
 from store import open_store
@@ -131,6 +133,9 @@ def run_catalogue(catalogue: str, mode: str, opts: Options) -> dict[str, Any]:
         "store_write_s": round(target.write_s, 1),
         "server_env": {k: v for k, v in sorted(env.items()) if k != "LOOKALIKE_STORE"},
     }
+    if mode == "exact" and catalogue != "demo":  # the engine's own ceiling, before the server runs
+        opts.progress(f"{catalogue}: timing the engine's passes alone")
+        run["engine_alone"] = api_engine.engine_alone(target.url, target.model)
     opts.progress(f"{catalogue} {mode}: starting `lookalike serve`")
     with ExitStack() as stack:
         servers = {"current": stack.enter_context(api_server.serving(env, log_of(opts, catalogue, mode)))}

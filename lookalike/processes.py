@@ -2,11 +2,12 @@
 server whose processes share one copy of the vectors.
 
 The parent imports what the API needs and has a child write the snapshot of the served
-model's vectors (``search/snapshot.py``): the parent itself runs no threads and no parallel
-kernels, so each fork is clean. It then forks the workers. Each maps the snapshot read-only
-(the page cache holds the vectors once, whatever the count), starts its own follower (new
-images and removals reach every process), its own ingest producer, and serves on its own
-socket bound to the one port with ``SO_REUSEPORT`` (the kernel spreads connections over them).
+model's vectors (``search/snapshot.py``; none on the Spark engine, where the API holds no
+vectors): the parent itself runs no threads and no parallel kernels, so each fork is clean.
+It then forks the workers. Each maps the snapshot read-only (the page cache holds the vectors
+once, whatever the count), starts its own follower (new images and removals reach every
+process), its own ingest producer, and serves on its own socket bound to the one port with
+``SO_REUSEPORT`` (the kernel spreads connections over them).
 
 Once they are forked, the parent execs the supervisor (``lookalike/supervise.py``): same pid,
 still their parent, without the memory it loaded for them. The workers run in their own
@@ -46,7 +47,8 @@ def serve_processes(settings: Settings) -> NoReturn:
     from api.app import create_app  # noqa: F401
     from lookalike import stack  # noqa: F401
 
-    snapshot = _snapshot_in_child(settings)
+    # the Spark engine holds no vectors in the API (search/store_lookup.py): nothing to share
+    snapshot = None if settings.search.engine == "spark" else _snapshot_in_child(settings)
     host, processes = settings.api.host, settings.api.processes
     sockets = _listening(host, settings.api.port, processes)
     gc.freeze()  # the imported objects stay out of the workers' collections: their pages stay shared
@@ -54,7 +56,8 @@ def serve_processes(settings: Settings) -> NoReturn:
         _fork(partial(_worker, settings, snapshot, i, processes, sockets)): i for i in range(processes)
     }
     port = sockets[0].getsockname()[1]
-    log.info("serving on http://%s:%d with %d processes over %s", host, port, processes, snapshot)
+    over = snapshot or "the Spark search service"
+    log.info("serving on http://%s:%d with %d processes over %s", host, port, processes, over)
     for sock in sockets:
         sock.close()
     logging.shutdown()
@@ -98,7 +101,9 @@ def _write_snapshot(settings: Settings) -> Path:
         store.close()
 
 
-def _worker(settings: Settings, snapshot: Path, i: int, processes: int, sockets: list[socket.socket]) -> None:
+def _worker(
+    settings: Settings, snapshot: Path | None, i: int, processes: int, sockets: list[socket.socket]
+) -> None:
     import uvicorn
 
     from api.app import create_app

@@ -187,3 +187,26 @@ def _mapping(pid: int, path: Path) -> tuple[int, int]:
             elif inside and fields[0] in ("Private_Clean:", "Private_Dirty:"):
                 private += int(fields[1])
     return shared, private
+
+
+def test_on_the_spark_engine_no_process_loads_the_vectors(tmp_path: Path, broker: str, unique: str) -> None:
+    """With LOOKALIKE_SEARCH_ENGINE=spark the API holds no vectors: the processes start without
+    a snapshot, and each sends its searches to the Spark search service (none runs here, so
+    each answers 202 with the query's Location after the wait)."""
+    queries, answers = f"queries-{unique}", f"answers-{unique}"
+    ensure_topics({"bootstrap.servers": broker}, [queries, answers], 1)
+    env = {
+        "LOOKALIKE_KAFKA_BOOTSTRAP": broker,
+        "LOOKALIKE_SEARCH_ENGINE": "spark",
+        "LOOKALIKE_KAFKA_QUERIES_TOPIC": queries,
+        "LOOKALIKE_KAFKA_ANSWERS_TOPIC": answers,
+        "LOOKALIKE_SEARCH_SPARK_TIMEOUT_S": "0.5",
+    }
+    with serving(tmp_path, **env) as (base, store, _):
+        image = uuid.uuid4()
+        _store_image(store, uuid.uuid4(), image, 3)
+        workers = _in_every_worker(
+            base, lambda r: r.status_code == 202 and r.headers["location"].startswith("/v1/search/"), image
+        )
+        assert sorted(workers) == [f"worker {i + 1} of {PROCESSES}" for i in range(PROCESSES)]
+        assert not list(tmp_path.glob("lookalike.db-*/snapshots/*"))
