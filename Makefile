@@ -61,6 +61,7 @@ bench-search-compact: $(STAMP)
 # the Spark search service under load (needs `lookalike spark-serve`): ROWS=, DIM=, MASTER=
 bench-spark-serve: $(STAMP)
 	$(BIN)/python -m bench.spark_serve --rows $(or $(ROWS),100000) --dim $(or $(DIM),1280) --master '$(or $(MASTER),local[2])' --save
+	$(BIN)/python -m bench.spark_floor --rows $(or $(ROWS),100000) --dim $(or $(DIM),1280) --master '$(or $(MASTER),local[2])' --save
 
 bench-analyze: $(STAMP)
 	$(BIN)/python -m bench.analyze $(if $(filter 1 yes true,$(MILLION)),--million,)

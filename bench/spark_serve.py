@@ -39,7 +39,7 @@ import numpy as np
 import numpy.typing as npt
 from confluent_kafka import Producer
 
-from bench import search_data
+from bench import api_data, search_data
 from config.settings import SearchSettings
 from messaging.admin import ensure_topics
 from messaging.broker import EmbeddedBroker
@@ -271,8 +271,9 @@ def serving(env: dict[str, str], log: Path) -> Iterator[subprocess.Popen[bytes]]
     """``lookalike spark-serve`` with ``env``; stopped with SIGTERM (then SIGKILL) at the end."""
     command = [sys.executable, "-m", "lookalike.cli", "spark-serve"]
     probe = subprocess.run([*command, "--help"], env=env, capture_output=True, timeout=120, check=False)
-    if probe.returncode != 0:
-        raise SystemExit("`lookalike spark-serve` is not available in this checkout (issue 15)")
+    if probe.returncode != 0 or b"Usage" not in probe.stdout + probe.stderr:
+        said = (probe.stdout + probe.stderr).decode(errors="replace").strip()[-2000:]
+        raise SystemExit(f"`lookalike spark-serve --help` failed with these settings:\n{said}")
     with log.open("wb") as out:
         process = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT)
         try:
@@ -310,7 +311,7 @@ def run(
 ) -> dict[str, Any]:
     data = search_data.make(rows, dim)
     queries = search_data.queries(data, 512)
-    model = ModelInfo("bench", "1", dim, "float16", "random:bench")
+    model, model_env = api_data.model_for(dim)  # a model name the settings accept, of this dimension
     store = open_store(f"sqlite:///{work / 'serve.db'}")
     store.apply_schema()
     fill_store(store, data, model)
@@ -325,7 +326,7 @@ def run(
             "LOOKALIKE_STORE": store.url,
             "LOOKALIKE_KAFKA_BOOTSTRAP": bootstrap,
             "LOOKALIKE_SPARK_MASTER": master,
-            "LOOKALIKE_MODEL_NAME": model.name,
+            **model_env,
             "LOOKALIKE_SPARK_SERVE_METRICS_HOST": "127.0.0.1",
             "LOOKALIKE_SPARK_SERVE_METRICS_PORT": str(metrics_port),
         }

@@ -1,0 +1,108 @@
+"""What a pass of the Spark search service costs before any scoring: Spark's own floor.
+
+    python -m bench.spark_floor [--master local[2]] [--rows 100000] [--dim 1280] [--save]
+
+On a cached RDD of float16 blocks the size of the service's cache (``rows`` x ``dim``, in
+2 x the default parallelism partitions), each job below runs three times and its best time is
+kept: a trivial job (the scheduling of one stage of Python tasks), a pass that reads every cached
+block into the Python workers and returns one number per partition (what moving the cache from
+the JVM to Python costs a pass: ``move_gb_per_s_per_core`` derives from it), and the same pass
+followed by a ``groupByKey`` stage (the shuffle a batch adds to meet each query's candidates in
+one task). Prints JSON; ``--save`` writes ``bench/results/spark-floor-<master>-<rows/1000>k.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import time
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from config.settings import SparkSettings
+from search.spark.session import spark_scope
+
+RESULTS = Path(__file__).with_name("results")
+RUNS = 3
+
+
+def _best_ms(job: Callable[[], object]) -> float:
+    job()  # warm: the Python workers start once
+    best = float("inf")
+    for _ in range(RUNS):
+        started = time.perf_counter()
+        job()
+        best = min(best, time.perf_counter() - started)
+    return round(best * 1000, 1)
+
+
+def _count(blocks: Iterable[Any]) -> Iterator[int]:
+    yield sum(len(b) for b in blocks)
+
+
+def _keyed(blocks: Iterable[Any]) -> Iterator[tuple[int, int]]:
+    n = sum(len(b) for b in blocks)
+    yield from ((j, n) for j in range(8))
+
+
+def _sizes(groups: Iterable[tuple[int, Iterable[int]]]) -> Iterator[int]:
+    yield from (len(list(values)) for _, values in groups)
+
+
+def measure(master: str, rows: int, dim: int) -> dict[str, Any]:
+    with spark_scope(SparkSettings(master=master), "lookalike-bench-spark-floor") as spark:
+        sc = spark.sparkContext
+        parts = 2 * sc.defaultParallelism
+        per = rows // parts
+
+        def block(i: int) -> np.ndarray:
+            rng = np.random.default_rng(i)
+            return rng.standard_normal((per, dim), dtype=np.float32).astype(np.float16)
+
+        cached = sc.parallelize(range(parts), parts).map(block).cache()
+        cached.count()
+        trivial = _best_ms(lambda: sc.parallelize(range(parts), parts).map(lambda x: x).collect())
+        move = _best_ms(lambda: cached.mapPartitions(_count).collect())
+        shuffle = _best_ms(lambda: cached.mapPartitions(_keyed).groupByKey(2).mapPartitions(_sizes).collect())
+        cores = sc.defaultParallelism
+        cached.unpersist()
+    gigabytes = parts * per * dim * 2 / 1e9
+    moving_s = max(move - trivial, 1.0) / 1000
+    return {
+        "master": master,
+        "rows": parts * per,
+        "dim": dim,
+        "partitions": parts,
+        "cores": cores,
+        "cache_gb": round(gigabytes, 3),
+        "trivial_job_ms": trivial,
+        "pass_reading_cache_ms": move,
+        "pass_and_shuffle_ms": shuffle,
+        "shuffle_stage_ms": round(shuffle - move, 1),
+        "move_gb_per_s_per_core": round(gigabytes / moving_s / cores, 3),
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--master", default="local[2]")
+    parser.add_argument("--rows", type=int, default=100_000)
+    parser.add_argument("--dim", type=int, default=1280)
+    parser.add_argument("--save", action="store_true")
+    args = parser.parse_args(argv)
+    result = measure(args.master, args.rows, args.dim)
+    text = json.dumps(result, indent=2)
+    print(text)
+    if args.save:
+        slug = re.sub(r"[^a-z0-9]+", "-", args.master.lower()).strip("-")
+        (RESULTS / f"spark-floor-{slug}-{args.rows // 1000}k.json").write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    main()

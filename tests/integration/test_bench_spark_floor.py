@@ -1,0 +1,21 @@
+"""bench.spark_floor on a real local[2] session, at a tiny size: every figure measured, and the
+derived ones consistent with the measured ones."""
+
+from __future__ import annotations
+
+import pytest
+
+from bench import spark_floor
+
+pytestmark = pytest.mark.integration
+
+
+def test_the_floor_is_measured_on_real_spark() -> None:
+    found = spark_floor.measure("local[2]", rows=4000, dim=32)
+    assert found["partitions"] == 4 and found["rows"] == 4000 and found["cores"] == 2
+    assert found["cache_gb"] == pytest.approx(4000 * 32 * 2 / 1e9, rel=1e-2)
+    for key in ("trivial_job_ms", "pass_reading_cache_ms", "pass_and_shuffle_ms", "move_gb_per_s_per_core"):
+        assert found[key] > 0, key
+    assert found["shuffle_stage_ms"] == pytest.approx(
+        found["pass_and_shuffle_ms"] - found["pass_reading_cache_ms"], abs=0.2
+    )
