@@ -78,7 +78,7 @@ def measure(master: str, rows: int, dim: int) -> dict[str, Any]:
         "dim": dim,
         "partitions": parts,
         "cores": cores,
-        "cache_gb": round(gigabytes, 3),
+        "cache_gb": round(gigabytes, 6),
         "trivial_job_ms": trivial,
         "pass_reading_cache_ms": move,
         "pass_and_shuffle_ms": shuffle,
