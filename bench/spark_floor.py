@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from pyspark.sql import SparkSession
 
 from config.settings import SparkSettings
 from search.spark.session import spark_scope
@@ -53,27 +54,27 @@ def _sizes(groups: Iterable[tuple[int, Iterable[int]]]) -> Iterator[int]:
     yield from (len(list(values)) for _, values in groups)
 
 
-def measure(master: str, rows: int, dim: int) -> dict[str, Any]:
-    with spark_scope(SparkSettings(master=master), "lookalike-bench-spark-floor") as spark:
-        sc = spark.sparkContext
-        parts = 2 * sc.defaultParallelism
-        per = rows // parts
+def measure(spark: SparkSession, rows: int, dim: int) -> dict[str, Any]:
+    """The floor on ``spark`` (left running: it may be shared)."""
+    sc = spark.sparkContext
+    parts = 2 * sc.defaultParallelism
+    per = rows // parts
 
-        def block(i: int) -> np.ndarray:
-            rng = np.random.default_rng(i)
-            return rng.standard_normal((per, dim), dtype=np.float32).astype(np.float16)
+    def block(i: int) -> np.ndarray:
+        rng = np.random.default_rng(i)
+        return rng.standard_normal((per, dim), dtype=np.float32).astype(np.float16)
 
-        cached = sc.parallelize(range(parts), parts).map(block).cache()
-        cached.count()
-        trivial = _best_ms(lambda: sc.parallelize(range(parts), parts).map(lambda x: x).collect())
-        move = _best_ms(lambda: cached.mapPartitions(_count).collect())
-        shuffle = _best_ms(lambda: cached.mapPartitions(_keyed).groupByKey(2).mapPartitions(_sizes).collect())
-        cores = sc.defaultParallelism
-        cached.unpersist()
+    cached = sc.parallelize(range(parts), parts).map(block).cache()
+    cached.count()
+    trivial = _best_ms(lambda: sc.parallelize(range(parts), parts).map(lambda x: x).collect())
+    move = _best_ms(lambda: cached.mapPartitions(_count).collect())
+    shuffle = _best_ms(lambda: cached.mapPartitions(_keyed).groupByKey(2).mapPartitions(_sizes).collect())
+    cores = sc.defaultParallelism
+    cached.unpersist()
     gigabytes = parts * per * dim * 2 / 1e9
     moving_s = max(move - trivial, 1.0) / 1000
     return {
-        "master": master,
+        "master": sc.master,
         "rows": parts * per,
         "dim": dim,
         "partitions": parts,
@@ -96,7 +97,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--dim", type=int, default=1280)
     parser.add_argument("--save", action="store_true")
     args = parser.parse_args(argv)
-    result = measure(args.master, args.rows, args.dim)
+    with spark_scope(SparkSettings(master=args.master), "lookalike-bench-spark-floor") as spark:
+        result = measure(spark, args.rows, args.dim)
     text = json.dumps(result, indent=2)
     print(text)
     if args.save:

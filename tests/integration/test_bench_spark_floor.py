@@ -10,8 +10,9 @@ from bench import spark_floor
 pytestmark = pytest.mark.integration
 
 
-def test_the_floor_is_measured_on_real_spark() -> None:
-    found = spark_floor.measure("local[2]", rows=4000, dim=32)
+def test_the_floor_is_measured_on_real_spark(spark) -> None:  # type: ignore[no-untyped-def]
+    found = spark_floor.measure(spark, rows=4000, dim=32)
+    assert not spark.sparkContext._jsc.sc().isStopped()  # the suite's shared session is left running
     assert found["partitions"] == 4 and found["rows"] == 4000 and found["cores"] == 2
     assert found["cache_gb"] == pytest.approx(4000 * 32 * 2 / 1e9, rel=1e-2)
     for key in ("trivial_job_ms", "pass_reading_cache_ms", "pass_and_shuffle_ms", "move_gb_per_s_per_core"):
