@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -24,6 +23,7 @@ from typing import Any
 import numpy as np
 from pyspark.sql import SparkSession
 
+from bench import spark_serve
 from config.settings import SparkSettings
 from search.spark.session import spark_scope
 
@@ -39,6 +39,11 @@ def _best_ms(job: Callable[[], object]) -> float:
         job()
         best = min(best, time.perf_counter() - started)
     return round(best * 1000, 1)
+
+
+def _figure(x: float) -> float:
+    """Four significant digits (a test's tiny cache must not round to zero)."""
+    return float(f"{x:.4g}")
 
 
 def _count(blocks: Iterable[Any]) -> Iterator[int]:
@@ -57,7 +62,8 @@ def _sizes(groups: Iterable[tuple[int, Iterable[int]]]) -> Iterator[int]:
 def measure(spark: SparkSession, rows: int, dim: int) -> dict[str, Any]:
     """The floor on ``spark`` (left running: it may be shared)."""
     sc = spark.sparkContext
-    parts = 2 * sc.defaultParallelism
+    cores = sc.defaultParallelism
+    parts = 2 * cores
     per = rows // parts
 
     def block(i: int) -> np.ndarray:
@@ -69,7 +75,6 @@ def measure(spark: SparkSession, rows: int, dim: int) -> dict[str, Any]:
     trivial = _best_ms(lambda: sc.parallelize(range(parts), parts).map(lambda x: x).collect())
     move = _best_ms(lambda: cached.mapPartitions(_count).collect())
     shuffle = _best_ms(lambda: cached.mapPartitions(_keyed).groupByKey(2).mapPartitions(_sizes).collect())
-    cores = sc.defaultParallelism
     cached.unpersist()
     gigabytes = parts * per * dim * 2 / 1e9
     moving_s = max(move - trivial, 1.0) / 1000
@@ -79,12 +84,12 @@ def measure(spark: SparkSession, rows: int, dim: int) -> dict[str, Any]:
         "dim": dim,
         "partitions": parts,
         "cores": cores,
-        "cache_gb": round(gigabytes, 6),
+        "cache_gb": _figure(gigabytes),
         "trivial_job_ms": trivial,
         "pass_reading_cache_ms": move,
         "pass_and_shuffle_ms": shuffle,
         "shuffle_stage_ms": round(shuffle - move, 1),
-        "move_gb_per_s_per_core": round(gigabytes / moving_s / cores, 3),
+        "move_gb_per_s_per_core": _figure(gigabytes / moving_s / cores),
     }
 
 
@@ -102,8 +107,8 @@ def main(argv: list[str] | None = None) -> None:
     text = json.dumps(result, indent=2)
     print(text)
     if args.save:
-        slug = re.sub(r"[^a-z0-9]+", "-", args.master.lower()).strip("-")
-        (RESULTS / f"spark-floor-{slug}-{args.rows // 1000}k.json").write_text(text + "\n")
+        name = f"spark-floor-{spark_serve.slug(args.master)}-{args.rows // 1000}k.json"
+        (RESULTS / name).write_text(text + "\n")
 
 
 if __name__ == "__main__":

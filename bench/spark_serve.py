@@ -366,7 +366,8 @@ def run(
     }
 
 
-def _slug(master: str) -> str:
+def slug(master: str) -> str:
+    """A master URL as a file-name part: ``local[2]`` -> ``local-2``."""
     return re.sub(r"[^a-z0-9]+", "-", master.lower()).strip("-")
 
 
@@ -389,7 +390,7 @@ def main(argv: list[str] | None = None) -> None:
     text = json.dumps(result, indent=2)
     print(text)
     if args.save:
-        name = f"spark-serve-{_slug(args.master)}-{args.rows // 1000}k.json"
+        name = f"spark-serve-{slug(args.master)}-{args.rows // 1000}k.json"
         (RESULTS / name).write_text(text + "\n")
 
 
