@@ -34,8 +34,11 @@ typedef struct {
     int64_t rows, dim;
     const float *q;
     int64_t m;
-    float *out; /* (rows, m) */
+    float *out;     /* row r's score for query j at out[r * rs + j * cs] */
+    int64_t rs, cs; /* (rows, m) row-major: rs = m, cs = 1; by query (m, rows): rs = 1, cs = rows */
 } Job;
+
+#define OUT(job, r, j) ((job)->out[(r) * (job)->rs + (j) * (job)->cs])
 
 /* ---- the fixed reduction, shared by every path ---- */
 static inline float reduce16(const float *a) {
@@ -87,7 +90,7 @@ static void rows_generic(const Job *job, int64_t r0, int64_t r1) {
                     acc[l] = fmaf(xs[l], k < job->dim ? q[k] : 0.0f, acc[l]);
                 }
             }
-            job->out[r * job->m + j] = reduce16(acc);
+            OUT(job, r, j) = reduce16(acc);
         }
     }
 }
@@ -142,7 +145,7 @@ INLINE512 void tile512(const Job *job, const float *qp, int64_t dp, int64_t r, i
     for (int a = 0; a < R; a++)
         for (int b = 0; b < G; b++) {
             _mm512_storeu_ps(lanes, acc[a][b]);
-            job->out[(r + a) * job->m + j + b] = reduce16(lanes);
+            OUT(job, r + a, j + b) = reduce16(lanes);
         }
 }
 
@@ -202,7 +205,7 @@ INLINE256 void tile256(const Job *job, const float *qp, int64_t dp, int64_t r, i
         for (int b = 0; b < G; b++) {
             _mm256_storeu_ps(lanes, lo[a][b]);
             _mm256_storeu_ps(lanes + 8, hi[a][b]);
-            job->out[(r + a) * job->m + j + b] = reduce16(lanes);
+            OUT(job, r + a, j + b) = reduce16(lanes);
         }
 }
 
@@ -317,17 +320,19 @@ static int run_threads(void *(*fn)(void *), void *parts, size_t part_size, int t
     return rc;
 }
 
-/* out (rows, m) = x (rows, dim; float16 when f16, else float32) times q (m, dim) transposed.
- * isa: the path (at most lk_isa()); threads split the rows. 0, or -1 when memory ran out. */
+/* out (rows, m) = x (rows, dim; float16 when f16, else float32) times q (m, dim) transposed,
+ * row r's score for query j written at out[r * rs + j * cs] (strides in floats: any layout, e.g.
+ * (m, rows) by query, or a slice of a larger matrix). isa: the path (at most lk_isa()); threads
+ * split the rows. 0, or -1 when memory ran out. */
 int lk_scan(const void *x, int f16, int64_t rows, int64_t dim, const float *q, int64_t m, float *out,
-            int threads, int isa) {
+            int64_t rs, int64_t cs, int threads, int isa) {
     if (rows <= 0 || m <= 0) return 0;
     if (isa > lk_isa()) isa = lk_isa();
     int64_t dp = (dim + LANES - 1) / LANES * LANES;
     float *qp = calloc((size_t)(m * dp), sizeof(float));
     if (qp == NULL) return -1;
     for (int64_t j = 0; j < m; j++) memcpy(qp + j * dp, q + j * dim, (size_t)dim * sizeof(float));
-    Job job = {x, f16, rows, dim, q, m, out};
+    Job job = {x, f16, rows, dim, q, m, out, rs, cs};
     int64_t row_bytes = dim * (f16 ? 2 : 4);
     int nt = threads_for((rows + 3) / 4, rows * row_bytes, threads > 256 ? 256 : threads);
     Part parts[256];

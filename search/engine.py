@@ -258,7 +258,7 @@ class VectorIndex:
         base = None if only_ids is None else np.isin(v.listing_ids, only_ids)
         out: list[list[RankedListing]] = []
         for chunk in tier.query_chunks(len(v.order), len(q), self.settings.batch_max_mb):
-            scores = v.score(q[chunk])
+            scores = v.score_by_query(q[chunk])
             out += scoring.ranked_each(scores, v.starts, v.listing_ids, v.image_ids, requests[chunk], base)
         return out
 

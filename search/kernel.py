@@ -47,7 +47,7 @@ def _lib() -> ctypes.CDLL:
     lib = ctypes.CDLL(str(path))
     i64, ptr = ctypes.c_int64, ctypes.c_void_p
     lib.lk_isa.argtypes, lib.lk_isa.restype = [], ctypes.c_int
-    lib.lk_scan.argtypes = [ptr, ctypes.c_int, i64, i64, ptr, i64, ptr, ctypes.c_int, ctypes.c_int]
+    lib.lk_scan.argtypes = [ptr, ctypes.c_int, i64, i64, ptr, i64, ptr, i64, i64, ctypes.c_int, ctypes.c_int]
     lib.lk_scan.restype = ctypes.c_int
     lib.lk_read_sum.argtypes = [ptr, i64, ctypes.c_int, ctypes.c_int]
     lib.lk_read_sum.restype = ctypes.c_uint64
@@ -67,18 +67,25 @@ def default_threads() -> int:
     return max(1, torch.get_num_threads())
 
 
-def score(vectors: Vectors, queries: F32, threads: int | None = None, isa: Isa | None = None) -> F32:
+def score(
+    vectors: Vectors,
+    queries: F32,
+    threads: int | None = None,
+    isa: Isa | None = None,
+    out: F32 | None = None,
+) -> F32:
     """(rows, queries) float32 inner products of ``vectors`` (rows, dim; float16 or float32)
     with ``queries`` (queries, dim), reading ``vectors`` once. ``threads`` split the rows (the
     kernel starts fewer when the work is small); ``isa`` forces a path (tests; at most
-    :func:`best_isa`)."""
+    :func:`best_isa`). ``out``: a writable (rows, queries) float32 array of any strides to
+    write into, e.g. the transpose of a by-query matrix (:func:`score_by_query`) or a slice."""
     q = np.ascontiguousarray(queries, dtype=np.float32)
     if q.ndim != 2 or vectors.ndim != 2 or q.shape[1] != vectors.shape[1]:
         raise ValueError(f"queries must be (n, {vectors.shape[1]}), got {q.shape}")
     if vectors.dtype not in (np.float16, np.float32):
         raise ValueError(f"vectors must be float16 or float32, got {vectors.dtype}")
     n, m = vectors.shape[0], q.shape[0]
-    out = np.empty((n, m), dtype=np.float32)
+    out = _output(out, n, m)
     if n == 0 or m == 0:
         return out
     x = np.ascontiguousarray(vectors)  # read-only arrays (memory maps, Arrow buffers) are fine
@@ -92,11 +99,33 @@ def score(vectors: Vectors, queries: F32, threads: int | None = None, isa: Isa |
         q.ctypes.data,
         m,
         out.ctypes.data,
+        out.strides[0] // out.itemsize,
+        out.strides[1] // out.itemsize,
         threads or default_threads(),
         level,
     )
     if rc != 0:
         raise MemoryError(f"the scan kernel could not allocate {m} padded queries")
+    return out
+
+
+def score_by_query(vectors: Vectors, queries: F32, threads: int | None = None, isa: Isa | None = None) -> F32:
+    """:func:`score` laid out (queries, rows): each query's scores contiguous, as the ranking
+    reads them (written so by the kernel; transposing a large (rows, queries) matrix afterwards
+    costs more than the scan)."""
+    out = np.empty((len(queries), len(vectors)), dtype=np.float32)
+    score(vectors, queries, threads, isa, out=out.T)
+    return out
+
+
+def _output(out: F32 | None, n: int, m: int) -> F32:
+    """``out`` checked as a place for (n, m) scores, or a new (n, m) array."""
+    if out is None:
+        return np.empty((n, m), dtype=np.float32)
+    if out.shape != (n, m) or out.dtype != np.float32 or not out.flags.writeable:
+        raise ValueError(f"out must be a writable ({n}, {m}) float32 array, got {out.shape} {out.dtype}")
+    if any(s % out.itemsize or s < 0 for s in out.strides):
+        raise ValueError(f"out's strides must be whole, non-negative floats, got {out.strides}")
     return out
 
 

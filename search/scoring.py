@@ -145,17 +145,17 @@ def ranked_each(
     requests: Sequence[SearchRequest],
     base: npt.NDArray[np.bool_] | None = None,
 ) -> list[list[RankedListing]]:
-    """:func:`ranked` for every column of ``scores`` (rows, requests), each with its request's
-    own options and exclusions: a batch answered as each query would be alone."""
-    if scores.ndim != 2 or scores.shape[1] != len(requests):
-        raise ValueError(f"scores must be (rows, {len(requests)}), got {scores.shape}")
-    columns = np.ascontiguousarray(scores.T)  # one copy, each request's scores contiguous
+    """:func:`ranked` for every row of ``scores`` (requests, rows: each request's scores
+    contiguous, :func:`search.kernel.score_by_query`), each with its request's own options and
+    exclusions: a batch answered as each query would be alone."""
+    if scores.ndim != 2 or scores.shape[0] != len(requests):
+        raise ValueError(f"scores must be ({len(requests)}, rows), got {scores.shape}")
     maxima = None  # every request's per-listing maximum in one call, when any asks for it
     if len(starts) and any(r.opts.aggregation == "max" for r in requests):
-        maxima = np.ascontiguousarray(np.maximum.reduceat(scores, starts, axis=0).T, dtype=np.float32)
+        maxima = np.maximum.reduceat(scores, starts, axis=1)
     return [
         ranked(
-            columns[j],
+            scores[j],
             starts,
             listing_ids,
             image_ids,

@@ -203,13 +203,16 @@ class View:
         out[~in_main] = self.fresh.vectors[positions[~in_main] - n]
         return out
 
-    def score(self, queries: kernel.F32) -> kernel.F32:
-        """(live rows, queries) scores in view order: one matrix product per segment."""
-        main = kernel.score(self.main.vectors, queries)
-        if len(self.fresh) == 0 and len(self.order) == len(self.main):
-            return main  # nothing removed or added since the main segment was built
-        both = np.concatenate([main, kernel.score(self.fresh.vectors, queries)])
-        return both[self.order]
+    def score_by_query(self, queries: kernel.F32) -> kernel.F32:
+        """(queries, live rows) scores in view order: one matrix product per segment, each
+        written straight into its part of one by-query matrix."""
+        n = len(self.main)
+        both = np.empty((len(queries), n + len(self.fresh)), dtype=np.float32)
+        kernel.score(self.main.vectors, queries, out=both[:, :n].T)
+        if len(self.fresh) == 0 and len(self.order) == n:
+            return both  # nothing removed or added since the main segment was built
+        kernel.score(self.fresh.vectors, queries, out=both[:, n:].T)
+        return both[:, self.order]
 
     def image_position(self, image: bytes) -> int | None:
         """Where a live image's row is in ``[main rows; fresh rows]``, or None. A fresh row

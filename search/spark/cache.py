@@ -188,8 +188,8 @@ class PassScorer:
     threads: int | None = 1  # a Spark task has one core
 
     def score_matrix(self, block: Block) -> npt.NDArray[np.float32]:
-        """(rows, requests) scores of one block: one matrix product."""
-        return kernel.score(block.vectors, self.queries, threads=self.threads)
+        """(requests, rows) scores of one block: one matrix product."""
+        return kernel.score_by_query(block.vectors, self.queries, threads=self.threads)
 
     def score(self, block: Block) -> list[Ranked]:
         """Each request's ranked listings of one block."""
@@ -204,7 +204,7 @@ class PassScorer:
                 continue
             allowed = base & np.isin(block.listing_ids, self.in_stock) if only_stock else base
             ranked = scoring.ranked_each(
-                scores[:, which],
+                scores if len(which) == len(self.requests) else scores[which],
                 block.starts,
                 block.listing_ids,
                 block.image_ids,

@@ -52,6 +52,29 @@ def test_every_path_gives_the_same_bits_whatever_the_batch_threads_or_position()
         assert np.array_equal(kernel.score(x[::-1].copy(), q, isa=isa), reference[::-1])
 
 
+def test_by_query_layout_and_strided_output_hold_the_same_bits() -> None:
+    """:func:`kernel.score_by_query` and ``out=`` (a transpose, a slice of a larger matrix)
+    write the same scores as the row-major result, on every path and thread count; a wrong
+    ``out`` is refused before anything is written."""
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal((2053, 1024)).astype(np.float16)  # 4 MB: the kernel starts both threads
+    q = rng.standard_normal((6, 1024)).astype(np.float32)
+    reference = kernel.score(x, q, threads=1, isa="generic")
+    for isa in PATHS:
+        for threads in (1, 2):
+            by_query = kernel.score_by_query(x, q, threads=threads, isa=isa)
+            assert by_query.shape == (6, 2053) and by_query.flags.c_contiguous
+            assert np.array_equal(by_query, reference.T)
+        wide = np.full((6, 2100), -7.0, dtype=np.float32)
+        kernel.score(x, q, isa=isa, out=wide[:, 40:2093].T)  # a slice of a larger by-query matrix
+        assert np.array_equal(wide[:, 40:2093], reference.T)
+        assert (wide[:, :40] == -7.0).all() and (wide[:, 2093:] == -7.0).all()
+    with pytest.raises(ValueError, match="out must be a writable"):
+        kernel.score(x, q, out=np.empty((6, 2053), np.float32))
+    with pytest.raises(ValueError, match="out must be a writable"):
+        kernel.score(x, q, out=np.empty((2053, 6), np.float64))
+
+
 def test_many_threads_split_large_work_and_cover_every_row() -> None:
     """Enough work (several MB) that the kernel starts its threads; odd row count."""
     rng = np.random.default_rng(3)

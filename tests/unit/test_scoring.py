@@ -126,7 +126,7 @@ def test_clear_errors() -> None:
 
 
 def test_ranked_each_answers_every_request_as_if_alone() -> None:
-    """A batch with mixed options and exclusions: each column ranked with its own request."""
+    """A batch with mixed options and exclusions: each row of scores ranked with its own request."""
     from search.scoring import SearchRequest, group_starts, ranked, ranked_each
 
     rng = np.random.default_rng(7)
@@ -148,13 +148,13 @@ def test_ranked_each_answers_every_request_as_if_alone() -> None:
         ),
     ]
     vectors = l2_normalise(rng.normal(size=(60, DIM)))
-    scores = (vectors @ np.stack([r.vector for r in requests]).T).astype(np.float32)
+    scores = (np.stack([r.vector for r in requests]) @ vectors.T).astype(np.float32)  # by query
     together = ranked_each(scores, starts, listing_ids, image_ids, requests)
     for j, r in enumerate(requests):
         allowed = ~np.isin(listing_ids, np.array([e.bytes for e in r.exclude], dtype="S16"))
-        alone = ranked(np.ascontiguousarray(scores[:, j]), starts, listing_ids, image_ids, allowed, r.opts)
+        alone = ranked(scores[j], starts, listing_ids, image_ids, allowed, r.opts)
         assert together[j] == alone
     assert {x.listing_id for x in together[1]}.isdisjoint({listing_of[0], listing_of[-1]})
     assert [len(t) for t in together] == [3, 5, 4]
     with pytest.raises(ValueError, match="scores must be"):
-        ranked_each(scores[:, :2], starts, listing_ids, image_ids, requests)
+        ranked_each(scores[:2], starts, listing_ids, image_ids, requests)

@@ -63,7 +63,7 @@ def test_a_pass_over_blocks_is_the_engines_ranking_of_everything() -> None:
     for j, r in enumerate(requests):
         allowed = np.isin(whole.listing_ids, in_stock) if r.in_stock_only else None
         scores = scoring.ranked_each(
-            PassScorer(queries, requests).score_matrix(whole)[:, [j]],
+            PassScorer(queries, requests).score_matrix(whole)[[j]],
             whole.starts,
             whole.listing_ids,
             whole.image_ids,
