@@ -39,7 +39,8 @@ class Server:
         return httpx.get(f"{self.base}/metrics", timeout=30).text
 
     def snapshot(self) -> Snapshot:
-        return Snapshot(time.perf_counter(), thread_cpu(self.process.pid), self.metrics())
+        pid = self.process.pid
+        return Snapshot(time.perf_counter(), thread_cpu(pid), process_cpu(pid), self.metrics())
 
 
 SERVE = ("lookalike.cli", "serve")
@@ -93,23 +94,33 @@ def _wait_ready(process: subprocess.Popen[bytes], port: int, log: Path) -> None:
 
 
 def thread_cpu(pid: int) -> dict[int, float]:
-    """CPU seconds (user + system) of each thread of ``pid``, by thread id."""
-    tick = os.sysconf("SC_CLK_TCK")
+    """CPU seconds (user + system) of each live thread of ``pid``, by thread id."""
     out: dict[int, float] = {}
     for task in Path(f"/proc/{pid}/task").iterdir():
         try:
-            stat = (task / "stat").read_text()
+            out[int(task.name)] = _stat_cpu(task / "stat")
         except OSError:  # the thread ended meanwhile
             continue
-        fields = stat[stat.rindex(")") + 2 :].split()
-        out[int(task.name)] = (int(fields[11]) + int(fields[12])) / tick
     return out
+
+
+def process_cpu(pid: int) -> float:
+    """CPU seconds of the whole process, threads that have ended included (the scan kernel
+    starts and joins its threads in every call, so summing the live threads misses them)."""
+    return _stat_cpu(Path(f"/proc/{pid}/stat"))
+
+
+def _stat_cpu(stat_file: Path) -> float:
+    stat = stat_file.read_text()
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 @dataclass(frozen=True)
 class Snapshot:
     at: float
-    cpu: dict[int, float]
+    cpu: dict[int, float]  # by live thread
+    total_cpu: float  # the process's, ended threads included
     metrics: str
 
 
@@ -141,9 +152,8 @@ def server_figures(
     (routing, validation, search, the query_results write, serialisation: the middleware's
     clock); and the mean search batch size (None without the service's histogram)."""
     wall = after.at - before.at
-    delta = {tid: cpu - before.cpu.get(tid, 0.0) for tid, cpu in after.cpu.items()}
-    loop = delta.get(pid, 0.0)
-    others = sum(v for tid, v in delta.items() if tid != pid)
+    loop = after.cpu.get(pid, 0.0) - before.cpu.get(pid, 0.0)
+    others = max(0.0, after.total_cpu - before.total_cpu - loop)
     s1, c1 = handler_seconds(after.metrics, handler)
     s0, c0 = handler_seconds(before.metrics, handler)
     batches = batch_size(after.metrics), batch_size(before.metrics)

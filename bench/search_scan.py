@@ -97,16 +97,23 @@ def bench_read_bound(
 def bench_batch(
     x: npt.NDArray[np.float16], qs: npt.NDArray[np.float32], batch: int, runs: int
 ) -> dict[str, Any]:
-    """A batch read in one pass: the kernel against the previous widen + BLAS kernel."""
+    """A batch read in one pass: the kernel against the previous widen + BLAS kernel; and the
+    scores laid out by query as the ranking reads them, written so by the kernel
+    (``kernel.score_by_query``) against the previous way, (rows, queries) then transposed."""
     q = np.ascontiguousarray(qs[:batch])
-    ours, previous = [], []
+    ours, previous, by_query, transposed = [], [], [], []
     for _ in range(runs):
         ours.append(_time(lambda: kernel.score(x, q)))
         previous.append(_time(lambda: widen_blas(x, q)))
+        by_query.append(_time(lambda: kernel.score_by_query(x, q)))
+        transposed.append(_time(lambda: np.ascontiguousarray(kernel.score(x, q).T)))
     return {
         "scan_ms": _ms(ours),
         "previous_kernel_ms": _ms(previous),
         "speedup_vs_previous": round(float(np.median(previous) / np.median(ours)), 2),
+        "by_query_ms": _ms(by_query),
+        "transposed_after_ms": _ms(transposed),
+        "by_query_speedup": round(float(np.median(transposed) / np.median(by_query)), 2),
     }
 
 
