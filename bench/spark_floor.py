@@ -8,7 +8,7 @@ kept: a trivial job (the scheduling of one stage of Python tasks), a pass that r
 block into the Python workers and returns one number per partition (what moving the cache from
 the JVM to Python costs a pass: ``move_gb_per_s_per_core`` derives from it), and the same pass
 followed by a ``groupByKey`` stage (the shuffle a batch adds to meet each query's candidates in
-one task). Prints JSON; ``--save`` writes ``bench/results/spark-floor-<master>-<rows/1000>k.json``.
+one task). Prints JSON; ``--save`` writes ``bench/results/spark-floor-<master>-<rows/1000>k-<dim>.json``.
 """
 
 from __future__ import annotations
@@ -107,7 +107,7 @@ def main(argv: list[str] | None = None) -> None:
     text = json.dumps(result, indent=2)
     print(text)
     if args.save:
-        name = f"spark-floor-{spark_serve.slug(args.master)}-{args.rows // 1000}k.json"
+        name = f"spark-floor-{spark_serve.slug(args.master)}-{args.rows // 1000}k-{args.dim}.json"
         (RESULTS / name).write_text(text + "\n")
 
 

@@ -286,8 +286,16 @@ def serving(env: dict[str, str], log: Path) -> Iterator[subprocess.Popen[bytes]]
                 process.kill()
 
 
+def log_tail(log: Path, lines: int = 40) -> str:
+    """The last lines of the service's log (it goes with the benchmark's temporary folder)."""
+    try:
+        return "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
+    except OSError as exc:
+        return f"(no log: {exc})"
+
+
 def wait_until_serving(
-    client: Client, query: F32, process: subprocess.Popen[bytes], timeout_s: float
+    client: Client, query: F32, process: subprocess.Popen[bytes], log: Path, timeout_s: float
 ) -> float:
     """Ask until the first answer comes (the service loads the vectors first): seconds taken."""
     started = time.perf_counter()
@@ -295,7 +303,9 @@ def wait_until_serving(
     try:
         while True:
             if process.poll() is not None:
-                raise RuntimeError(f"lookalike spark-serve exited with {process.returncode}")
+                raise RuntimeError(
+                    f"lookalike spark-serve exited with {process.returncode}; its log ends:\n{log_tail(log)}"
+                )
             try:
                 client.ask(query)
                 return time.perf_counter() - started
@@ -330,12 +340,13 @@ def run(
             "LOOKALIKE_SPARK_SERVE_METRICS_HOST": "127.0.0.1",
             "LOOKALIKE_SPARK_SERVE_METRICS_PORT": str(metrics_port),
         }
-        process = stack.enter_context(serving(env, work / "spark-serve.log"))
+        log = work / "spark-serve.log"
+        process = stack.enter_context(serving(env, log))
         answers = Answers(bootstrap)
         stack.callback(answers.close)
         answers.ready()
         client = Client(bootstrap, model, answers)
-        started_s = wait_until_serving(client, queries[0], process, timeout_s=1800)
+        started_s = wait_until_serving(client, queries[0], process, log, timeout_s=1800)
         one = [client.ask(queries[i % len(queries)])[0] for i in range(one_client_n)]
         one_rps = len(one) / sum(one)
         metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
@@ -390,7 +401,7 @@ def main(argv: list[str] | None = None) -> None:
     text = json.dumps(result, indent=2)
     print(text)
     if args.save:
-        name = f"spark-serve-{slug(args.master)}-{args.rows // 1000}k.json"
+        name = f"spark-serve-{slug(args.master)}-{args.rows // 1000}k-{args.dim}.json"
         (RESULTS / name).write_text(text + "\n")
 
 
