@@ -102,7 +102,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--dim", type=int, default=1280)
     parser.add_argument("--save", action="store_true")
     args = parser.parse_args(argv)
-    with spark_scope(SparkSettings(master=args.master), "lookalike-bench-spark-floor") as spark:
+    settings = SparkSettings(master=args.master)
+    if (memory := spark_serve.driver_memory(args.master, args.rows, args.dim)) is not None:
+        settings = settings.model_copy(update={"driver_memory": memory})
+    with spark_scope(settings, "lookalike-bench-spark-floor") as spark:
         result = measure(spark, args.rows, args.dim)
     text = json.dumps(result, indent=2)
     print(text)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import re
 import subprocess
@@ -258,6 +259,15 @@ def freshness(client: Client, store: Store, bootstrap: str, samples: int, seed: 
     return out
 
 
+def driver_memory(master: str, rows: int, dim: int) -> str | None:
+    """On ``local[*]`` the driver's JVM is the executor that holds the cache: unless
+    ``LOOKALIKE_SPARK_DRIVER_MEMORY`` is set, room for twice the float16 cache and 1 GB more
+    (at least the 2g default); None where the settings decide (a cluster sizes its executors)."""
+    if not master.startswith("local") or "LOOKALIKE_SPARK_DRIVER_MEMORY" in os.environ:
+        return None
+    return f"{max(2, math.ceil(2 * rows * dim * 2 / 1e9) + 1)}g"
+
+
 def _free_port() -> int:
     import socket
 
@@ -341,6 +351,8 @@ def run(
             "LOOKALIKE_SPARK_SERVE_METRICS_PORT": str(metrics_port),
         }
         log = work / "spark-serve.log"
+        if (memory := driver_memory(master, rows, dim)) is not None:
+            env["LOOKALIKE_SPARK_DRIVER_MEMORY"] = memory
         process = stack.enter_context(serving(env, log))
         answers = Answers(bootstrap)
         stack.callback(answers.close)
