@@ -93,6 +93,9 @@ def _wait_ready(process: subprocess.Popen[bytes], port: int, log: Path) -> None:
     raise SystemExit(f"`lookalike serve` was not ready in {READY_TIMEOUT_S:.0f} s (log: {log})")
 
 
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")  # ticks a second, the unit of /proc's CPU times
+
+
 def thread_cpu(pid: int) -> dict[int, float]:
     """CPU seconds (user + system) of each live thread of ``pid``, by thread id."""
     out: dict[int, float] = {}
@@ -113,7 +116,7 @@ def process_cpu(pid: int) -> float:
 def _stat_cpu(stat_file: Path) -> float:
     stat = stat_file.read_text()
     fields = stat[stat.rindex(")") + 2 :].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
 
 
 @dataclass(frozen=True)
