@@ -6,9 +6,12 @@ On a cached RDD of float16 blocks the size of the service's cache (``rows`` x ``
 2 x the default parallelism partitions), each job below runs three times and its best time is
 kept: a trivial job (the scheduling of one stage of Python tasks), a pass that reads every cached
 block into the Python workers and returns one number per partition (what moving the cache from
-the JVM to Python costs a pass: ``move_gb_per_s_per_core`` derives from it), and the same pass
+the JVM to Python costs a pass: ``move_gb_per_s_per_core`` derives from it), the same pass
 followed by a ``groupByKey`` stage (the shuffle a batch adds to meet each query's candidates in
-one task). Prints JSON; ``--save`` writes ``bench/results/spark-floor-<master>-<rows/1000>k-<dim>.json``.
+one task), and the service's pass over the same vectors kept resident beside the executor
+(:mod:`search.spark.resident`: Spark holds a descriptor per partition, each task maps its
+files): ``resident_over_cache`` is that pass's time over the one that copies the cache. Prints
+JSON; ``--save`` writes ``bench/results/spark-floor-<master>-<rows/1000>k-<dim>.json``.
 """
 
 from __future__ import annotations
@@ -25,6 +28,9 @@ from pyspark.sql import SparkSession
 
 from bench import spark_serve
 from config.settings import SparkSettings
+from search.spark import resident
+from search.spark.blocks import Block
+from search.spark.resident import Resident
 from search.spark.session import spark_scope
 
 RESULTS = Path(__file__).with_name("results")
@@ -55,6 +61,20 @@ def _keyed(blocks: Iterable[Any]) -> Iterator[tuple[int, int]]:
     yield from ((j, n) for j in range(8))
 
 
+def _resident_rows(partitions: Iterable[Resident]) -> Iterator[int]:
+    yield sum(b.rows for p in partitions for b in resident.blocks(p))
+
+
+def _kept(vectors: Callable[[int], np.ndarray]) -> Callable[[int, Iterable[int]], Iterator[Resident]]:
+    def keep(partition: int, _: Iterable[int]) -> Iterator[Resident]:
+        x = vectors(partition)
+        ids = np.arange(len(x)).astype("S16")
+        block = Block(ids, np.arange(len(x), dtype=np.int64), ids, x)
+        yield resident.keep([block], resident.folder_for("bench-floor", 0, partition), None)
+
+    return keep
+
+
 def _sizes(groups: Iterable[tuple[int, Iterable[int]]]) -> Iterator[int]:
     yield from (len(list(values)) for _, values in groups)
 
@@ -76,6 +96,10 @@ def measure(spark: SparkSession, rows: int, dim: int) -> dict[str, Any]:
     move = _best_ms(lambda: cached.mapPartitions(_count).collect())
     shuffle = _best_ms(lambda: cached.mapPartitions(_keyed).groupByKey(2).mapPartitions(_sizes).collect())
     cached.unpersist()
+    kept = sc.parallelize(range(parts), parts).mapPartitionsWithIndex(_kept(block)).cache()
+    kept.count()
+    resident_pass = _best_ms(lambda: kept.mapPartitions(_resident_rows).collect())
+    kept.unpersist()
     gigabytes = parts * per * dim * 2 / 1e9
     moving_s = max(move - trivial, 1.0) / 1000
     return {
@@ -90,6 +114,8 @@ def measure(spark: SparkSession, rows: int, dim: int) -> dict[str, Any]:
         "pass_and_shuffle_ms": shuffle,
         "shuffle_stage_ms": round(shuffle - move, 1),
         "move_gb_per_s_per_core": _figure(gigabytes / moving_s / cores),
+        "pass_over_resident_ms": resident_pass,
+        "resident_over_cache": _figure(resident_pass / move),
     }
 
 

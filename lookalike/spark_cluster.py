@@ -203,7 +203,8 @@ def start_cluster(
             work.mkdir(exist_ok=True)
             args = [WORKER_CLASS, "--host", "127.0.0.1", "--webui-port", str(free_port())]
             args += ["--cores", str(cores), "--memory", memory, "--work-dir", str(work), cluster.master_url]
-            cluster.workers.append(_spawn(f"worker-{i}", args, env, log_dir))
+            local = {**env, "SPARK_LOCAL_DIRS": str(work / "local")}  # executors' files, resident vectors too
+            cluster.workers.append(_spawn(f"worker-{i}", args, local, log_dir))
         cluster.wait_for_workers(workers, timeout)
     except BaseException:
         cluster.stop()

@@ -18,6 +18,9 @@ from messaging.errors import MessagingError
 from store import StoreError
 
 log = logging.getLogger(__name__)
+# A pass's task waits this long for the host that holds its partition's vectors (a task run
+# elsewhere reads its partition from the store again); LOOKALIKE_SPARK_CONF may override it.
+SERVE_CONF = {"spark.locality.wait.node": "60s"}
 
 
 def run_service(
@@ -35,7 +38,7 @@ def run_service(
     store = stack.configured_store(settings)
     model = stored_model(store, model_name or stack.model_name(settings))
     metrics = ServeMetrics()
-    sp = settings.spark
+    sp = settings.spark.model_copy(update={"conf": {**SERVE_CONF, **settings.spark.conf}})
     if sp.serve_metrics_port:
         metrics.serve(sp.serve_metrics_port, sp.serve_metrics_host)
         log.info("metrics on http://%s:%d/metrics", sp.serve_metrics_host, sp.serve_metrics_port)

@@ -19,7 +19,10 @@ from pyspark import Broadcast
 from pyspark.sql import SparkSession
 
 from search.scoring import RankedListing, SearchRequest
-from search.spark.cache import S16, Block, PassScorer, Ranked, VectorCache, top_k
+from search.spark import resident
+from search.spark.blocks import S16, Block
+from search.spark.cache import PassScorer, Ranked, VectorCache, top_k
+from search.spark.resident import Resident
 from store import ResultRow, Store, open_store
 
 
@@ -62,16 +65,16 @@ class Fresh:
 
 @dataclass(frozen=True)
 class _Pass:
-    """Runs in each task of a pass: the cached blocks' candidates for every request."""
+    """Runs in each task of a pass: the resident blocks' candidates for every request."""
 
     scorer: PassScorer
     stock: Broadcast[Stock] | None
 
-    def __call__(self, blocks: Iterable[Block]) -> Iterator[tuple[int, Ranked]]:
+    def __call__(self, partitions: Iterable[Resident]) -> Iterator[tuple[int, Ranked]]:
         scorer = self.scorer
         if self.stock is not None:
             scorer = PassScorer(scorer.queries, scorer.requests, scorer.hidden, self.stock.value.in_stock())
-        yield from scorer(blocks)
+        yield from scorer(b for part in partitions for b in resident.blocks(part))
 
 
 @dataclass(frozen=True)

@@ -1,11 +1,13 @@
-"""The Spark search service's cache: every vector of one model, held by the executors.
+"""The Spark search service's cache: every vector of one model, held beside the executors.
 
-The vectors are loaded once into a persisted RDD of :class:`Block` s: each a float16 matrix
+The vectors are loaded once into :class:`~search.spark.blocks.Block` s, each a float16 matrix
 with its image and listing ids, sorted by listing (a listing is never split across blocks or
-partitions, so a listing's score is aggregated where its images are). A pass scores a batch of
-queries against a block with one matrix product (the engine's kernel) and ranks each query
-with its own options (:func:`search.scoring.ranked_each`), so no Arrow row is decoded and no
-listing regrouped after the load: a block is one buffer, unpickled as such.
+partitions, so a listing's score is aggregated where its images are). Each load task keeps its
+partition's blocks as files in its executor's local directory, mapped by the passes
+(:mod:`search.spark.resident`); Spark persists only their descriptors, which place each pass's
+task where its vectors are and carry the lineage that loads them again when an executor is
+lost. A pass scores a batch of queries against a block with one matrix product (the engine's
+kernel) and ranks each query with its own options (:func:`search.scoring.ranked_each`).
 
 Listings that changed after the load are ``hidden`` in a pass: the driver scores their current
 vectors itself (:mod:`search.spark.fresh`) and merges them with the executors' top k.
@@ -13,11 +15,12 @@ vectors itself (:mod:`search.spark.fresh`) and merges them with the executors' t
 
 from __future__ import annotations
 
-import itertools
+import functools
 import logging
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -29,52 +32,15 @@ from schemas.codec import numpy_dtype
 from schemas.records import FeatureBatch, ModelInfo
 from search import kernel, scoring
 from search.scoring import RankedListing, SearchRequest
+from search.spark import resident
+from search.spark.blocks import S16, Block, blocks_of
 from search.spark.cassandra import read_features, uses_connector
+from search.spark.resident import Resident
 from store import open_store
 
 log = logging.getLogger(__name__)
-S16 = npt.NDArray[np.bytes_]
 NO_IDS: S16 = np.zeros(0, dtype="S16")
 Ranked = list[RankedListing]
-
-
-@dataclass(frozen=True)
-class Block:
-    """Rows of whole listings, grouped by listing (image ids ascending within one)."""
-
-    listing_ids: S16  # one per listing, in row order
-    starts: npt.NDArray[np.int64]  # first row of each listing
-    image_ids: S16  # one per row
-    vectors: kernel.Vectors  # (rows, dim), the engine's in-memory dtype
-
-    @property
-    def rows(self) -> int:
-        return len(self.image_ids)
-
-
-def blocks_of(batch: FeatureBatch, dtype: str, max_rows: int) -> Iterator[Block]:
-    """``batch`` (whole listings) as blocks of at most ``max_rows`` rows (a larger listing is a
-    block of its own), sorted as the engine sorts: by listing, then image."""
-    if len(batch) == 0:
-        return
-    order = np.lexsort((batch.image_ids, batch.listing_ids))
-    listing_rows, image_ids = batch.listing_ids[order], batch.image_ids[order]
-    vectors = kernel.narrow(batch.vectors[order], numpy_dtype(dtype))
-    starts = scoring.group_starts(listing_rows)
-    cut, first = [0], 0
-    for i, s in enumerate(starts.tolist()):
-        if s - cut[-1] >= max_rows and i > first:
-            cut.append(s)
-            first = i
-    bounds = [*cut, len(listing_rows)]
-    for lo, hi in itertools.pairwise(bounds):
-        mine = starts[(starts >= lo) & (starts < hi)]
-        yield Block(
-            listing_rows[mine].copy(),
-            (mine - lo).astype(np.int64),
-            image_ids[lo:hi].copy(),
-            vectors[lo:hi].copy(),
-        )
 
 
 @dataclass(frozen=True)
@@ -124,6 +90,26 @@ class _RowLoader:
 
 
 @dataclass(frozen=True)
+class _Keeper:
+    """Runs in each load task: its partition's blocks written beside the executor, described.
+    ``replay``: the partition's items can be read again from a task (store shards can; a
+    connector's rows cannot)."""
+
+    read: Callable[[Iterable[Any]], Iterator[Block]]
+    model: str
+    generation: int
+    replay: bool
+
+    def __call__(self, partition: int, items: Iterable[Any]) -> Iterator[Resident]:
+        folder = resident.folder_for(self.model, self.generation, partition)
+        if self.replay:
+            source = functools.partial(self.read, tuple(items))
+            yield resident.keep(source(), folder, source)
+        else:
+            yield resident.keep(self.read(items), folder, None)
+
+
+@dataclass(frozen=True)
 class CacheStats:
     rows: int
     listings: int
@@ -134,9 +120,9 @@ class CacheStats:
 
 
 class VectorCache:
-    """The persisted blocks of one model and what they hold."""
+    """The persisted descriptors of one model's resident blocks, and what they hold."""
 
-    def __init__(self, rdd: RDD[Block], stats: CacheStats, generation: int) -> None:
+    def __init__(self, rdd: RDD[Resident], stats: CacheStats, generation: int) -> None:
         self.rdd, self.stats, self.generation = rdd, stats, generation
 
     @classmethod
@@ -150,21 +136,23 @@ class VectorCache:
         generation: int = 0,
     ) -> VectorCache:
         """Read every vector of ``model`` once (store shard scans in Spark tasks, or the
-        connector), keep the blocks in executor memory (spilled to their disk when short), and
-        count them: the cache is complete when this returns."""
+        connector), keep the blocks beside the executors, and count them: the cache is complete
+        when this returns."""
         started = time.monotonic()
         sc = spark.sparkContext
-        rdd: RDD[Block]
+        rdd: RDD[Resident]
         if uses_connector(settings, store_url):
             rows = read_features(spark, store_url, model).rdd
-            rdd = rows.mapPartitions(_RowLoader(model, dtype, settings.serve_block_rows))
+            rows_loader = _RowLoader(model, dtype, settings.serve_block_rows)
+            rdd = rows.mapPartitionsWithIndex(_Keeper(rows_loader, model.name, generation, replay=False))
         else:
             n = settings.shards or 2 * sc.defaultParallelism
             loader = _ShardLoader(store_url, model, n, dtype, settings.serve_block_rows)
-            rdd = sc.parallelize(range(n), n).mapPartitions(loader)
+            keeper = _Keeper(loader, model.name, generation, replay=True)
+            rdd = sc.parallelize(range(n), n).mapPartitionsWithIndex(keeper)
         rdd = rdd.setName(f"lookalike-vectors-{model.name}-{generation}")
-        rdd.persist(StorageLevel.MEMORY_AND_DISK)
-        counts = rdd.map(lambda b: (b.rows, len(b.listing_ids), 1, b.vectors.nbytes)).collect()
+        rdd.persist(StorageLevel.MEMORY_ONLY)
+        counts = rdd.map(lambda r: (r.rows, r.listings, r.blocks, r.nbytes)).collect()
         totals = [sum(c[i] for c in counts) for i in range(4)]
         stats = CacheStats(
             totals[0], totals[1], totals[2], rdd.getNumPartitions(), totals[3], time.monotonic() - started
@@ -172,6 +160,8 @@ class VectorCache:
         return cls(rdd, stats, generation)
 
     def unpersist(self) -> None:
+        """Let go of the descriptors; each host deletes the files at its first pass over a newer
+        generation."""
         self.rdd.unpersist(blocking=False)
 
 

@@ -27,7 +27,7 @@ from schemas.messages import DeleteMessage, ImageMessage, MessageError, parse_im
 from schemas.records import FeatureBatch, ModelInfo, id_array
 from search.follow_kafka import PendingImages
 from search.spark.batch import Fresh
-from search.spark.cache import blocks_of
+from search.spark.blocks import blocks_of
 from search.spark.metrics import ServeMetrics
 from store import Store, StoreError
 

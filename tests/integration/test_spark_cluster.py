@@ -12,19 +12,22 @@ import subprocess
 import sys
 import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 
-from config.settings import SearchSettings
+from config.settings import KafkaSettings, SearchSettings
 from lookalike.spark_cluster import Cluster, descendants
 from messaging.admin import ensure_topics
 from schemas.codec import l2_normalise
 from search.loader import load_index
-from search.scoring import ScoreOptions
+from search.scoring import ScoreOptions, SearchRequest
 from search.service import SearchService
+from search.spark import resident
+from search.spark.messages import SearchMessage
 from store.sqlite import SQLiteStore
 from tests.integration.spark_cluster import WORKERS, full_cluster, spark_cluster  # noqa: F401
 from tests.integration.spark_serve_helpers import (
@@ -189,6 +192,42 @@ def test_a_driver_killed_mid_batch_and_started_again(
     assert not full_cluster.state()["activeapps"]
 
 
+@dataclass
+class ServeOnCluster:
+    """``lookalike spark-serve`` with the cluster's master, and its queries."""
+
+    kafka: KafkaSettings
+    requests: list[SearchRequest]
+    messages: list[SearchMessage]
+    env: dict[str, str]
+    answers: Answers
+
+    @classmethod
+    def make(
+        cls, cluster: Cluster, store: SQLiteStore, broker: str, unique: str, n: int, seed: int
+    ) -> ServeOnCluster:
+        listings = build_catalogue(store, 300)
+        kafka = kafka_for(broker, unique)
+        ensure_topics(kafka.client_config(), [kafka.images_topic, kafka.queries_topic], kafka.partitions)
+        requests = mixed_requests(n, listings, seed=seed)
+        env = {**serve_env(kafka, store.url), "LOOKALIKE_SPARK_MASTER": cluster.master_url}
+        env["LOOKALIKE_SPARK_CONF"] = '{"spark.executor.memory": "512m"}'
+        return cls(kafka, requests, search_messages(requests), env, Answers(kafka))
+
+    def ask(self, messages: list[SearchMessage], service: subprocess.Popen[bytes]) -> None:
+        send(self.kafka, [(m.key(), m.value()) for m in messages])
+        self.answers.wait_for([m.query_id for m in messages], 300, alive=lambda: service.poll() is None)
+
+    def check(self, store: SQLiteStore) -> None:
+        """Every query's rows are the engine's, and each was answered once."""
+        index = engine_index(store)
+        for m, request in zip(self.messages, self.requests, strict=True):
+            rows = store.read_query_results(m.query_id)
+            check_rows(rows, expected(index, store, request))
+            assert [n.results for n in self.answers.notices[m.query_id]] == [len(rows)]
+        self.answers.close()
+
+
 def test_spark_serve_on_the_cluster_answers_as_the_engine_across_a_driver_kill(
     full_cluster: Cluster,  # noqa: F811
     sqlite_store: SQLiteStore,
@@ -199,29 +238,49 @@ def test_spark_serve_on_the_cluster_answers_as_the_engine_across_a_driver_kill(
     """``lookalike spark-serve`` with the cluster's master: the engine's answers (as on local[*]);
     its driver SIGKILLed after the first queries and started again: the master frees the dead
     application's executors, the new driver gets them, and every query is answered."""
-    listings = build_catalogue(sqlite_store, 300)
-    kafka = kafka_for(broker, unique)
-    ensure_topics(kafka.client_config(), [kafka.images_topic, kafka.queries_topic], kafka.partitions)
-    requests = mixed_requests(16, listings, seed=5)
-    messages = search_messages(requests)
-    env = {**serve_env(kafka, sqlite_store.url), "LOOKALIKE_SPARK_MASTER": full_cluster.master_url}
-    env["LOOKALIKE_SPARK_CONF"] = '{"spark.executor.memory": "512m"}'
-    answers, log_file = Answers(kafka), tmp_path / "serve.log"
-    first_half, second_half = messages[:8], messages[8:]
-    with serve_process(env, log_file) as first:
-        send(kafka, [(m.key(), m.value()) for m in first_half])
-        answers.wait_for([m.query_id for m in first_half], 300, alive=lambda: first.poll() is None)
+    serve = ServeOnCluster.make(full_cluster, sqlite_store, broker, unique, 16, seed=5)
+    log_file = tmp_path / "serve.log"
+    with serve_process(serve.env, log_file) as first:
+        serve.ask(serve.messages[:8], first)
         assert [a["name"] for a in full_cluster.state()["activeapps"]], "spark-serve is not on the cluster"
         os.killpg(first.pid, signal.SIGKILL)
         first.wait(10)
-    with serve_process(env, log_file) as second:
-        send(kafka, [(m.key(), m.value()) for m in second_half])
-        answers.wait_for([m.query_id for m in messages], 300, alive=lambda: second.poll() is None)
+    with serve_process(serve.env, log_file) as second:
+        serve.ask(serve.messages[8:], second)
         second.send_signal(signal.SIGTERM)
         assert second.wait(60) == 0
-    index = engine_index(sqlite_store)
-    for m, request in zip(messages, requests, strict=True):
-        rows = sqlite_store.read_query_results(m.query_id)
-        check_rows(rows, expected(index, sqlite_store, request))
-        assert [n.results for n in answers.notices[m.query_id]] == [len(rows)]  # answered once
-    answers.close()
+    serve.check(sqlite_store)
+
+
+def resident_partitions(cluster: Cluster, worker: int) -> set[str]:
+    """The partitions whose vectors a worker's executors keep in its local directory."""
+    local = cluster.log_dir / f"worker-{worker}" / "local"
+    return {p.name for p in local.rglob(f"{resident.ROOT}/*/part-*") if p.is_dir()}
+
+
+def test_spark_serve_loses_a_worker_and_its_resident_vectors(
+    full_cluster: Cluster,  # noqa: F811
+    sqlite_store: SQLiteStore,
+    broker: str,
+    unique: str,
+    tmp_path: Path,
+) -> None:
+    """The service keeps its vectors in its executors' local directories. The worker holding most
+    of them is SIGKILLed with its executor between batches: Spark loads the lost partitions again
+    on the survivor (their descriptors' lineage), which then holds every partition, and the
+    answers stay the engine's."""
+    before = [resident_partitions(full_cluster, w) for w in range(WORKERS)]
+    serve = ServeOnCluster.make(full_cluster, sqlite_store, broker, unique, 12, seed=7)
+    with serve_process(serve.env, tmp_path / "serve.log") as service:
+        serve.ask(serve.messages[:6], service)
+        held = [resident_partitions(full_cluster, w) - before[w] for w in range(WORKERS)]
+        victim = max(range(WORKERS), key=lambda w: len(held[w]))
+        everything = set().union(*held)
+        assert held[victim], "no executor wrote resident vectors"
+        full_cluster.workers[victim].kill()
+        serve.ask(serve.messages[6:], service)
+        survivor = 1 - victim
+        assert resident_partitions(full_cluster, survivor) - before[survivor] == everything
+        service.send_signal(signal.SIGTERM)
+        assert service.wait(60) == 0
+    serve.check(sqlite_store)

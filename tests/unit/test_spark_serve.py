@@ -15,7 +15,8 @@ from schemas.records import Extracted, FeatureBatch, ImageRecord, ModelInfo, Sto
 from search import scoring
 from search.scoring import ScoreOptions, SearchRequest
 from search.spark.batch import Stock
-from search.spark.cache import PassScorer, blocks_of, top_k
+from search.spark.blocks import blocks_of
+from search.spark.cache import PassScorer, top_k
 from search.spark.fresh import FreshSet
 from search.spark.messages import SearchMessage
 from search.spark.metrics import ServeMetrics
