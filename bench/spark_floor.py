@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+import os
 import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -119,6 +121,16 @@ def measure(spark: SparkSession, rows: int, dim: int) -> dict[str, Any]:
     }
 
 
+def driver_memory(master: str, rows: int, dim: int) -> str | None:
+    """On ``local[*]`` the driver's JVM is the executor that holds this benchmark's cache of
+    blocks persisted in Spark (the service's vectors live outside the JVM): unless
+    ``LOOKALIKE_SPARK_DRIVER_MEMORY`` is set, room for twice the float16 cache and 1 GB more
+    (at least the 2g default); None where the settings decide (a cluster sizes its executors)."""
+    if not master.startswith("local") or "LOOKALIKE_SPARK_DRIVER_MEMORY" in os.environ:
+        return None
+    return f"{max(2, math.ceil(2 * rows * dim * 2 / 1e9) + 1)}g"
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -129,7 +141,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--save", action="store_true")
     args = parser.parse_args(argv)
     settings = SparkSettings(master=args.master)
-    if (memory := spark_serve.driver_memory(args.master, args.rows, args.dim)) is not None:
+    if (memory := driver_memory(args.master, args.rows, args.dim)) is not None:
         settings = settings.model_copy(update={"driver_memory": memory})
     with spark_scope(settings, "lookalike-bench-spark-floor") as spark:
         result = measure(spark, args.rows, args.dim)

@@ -1,11 +1,11 @@
-"""The Spark benchmarks size the driver for a ``local[*]`` cache (bench/spark_serve.py): the
-1 000 000-row run failed with the 2g default before the first answer."""
+"""The Spark floor benchmark sizes the driver for its ``local[*]`` cache of blocks persisted in the
+JVM (bench/spark_floor.py): at 1 000 000 rows the 2g default failed."""
 
 from __future__ import annotations
 
 import pytest
 
-from bench.spark_serve import driver_memory
+from bench.spark_floor import driver_memory
 
 
 def test_a_local_driver_gets_room_for_twice_its_cache(monkeypatch: pytest.MonkeyPatch) -> None:
