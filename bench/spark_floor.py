@@ -1,17 +1,21 @@
-"""What a pass of the Spark search service costs before any scoring: Spark's own floor.
+"""What a pass of the Spark search service costs: Spark's own floor, then the scoring pass.
 
     python -m bench.spark_floor [--master local[2]] [--rows 100000] [--dim 1280] [--save]
 
-On a cached RDD of float16 blocks the size of the service's cache (``rows`` x ``dim``, in
-2 x the default parallelism partitions), each job below runs three times and its best time is
+On a cached RDD of float16 blocks the size of the service's cache (``rows`` x ``dim``, one
+partition a core, as the service lays it out), each job below runs three times and its best time is
 kept: a trivial job (the scheduling of one stage of Python tasks), a pass that reads every cached
 block into the Python workers and returns one number per partition (what moving the cache from
 the JVM to Python costs a pass: ``move_gb_per_s_per_core`` derives from it), the same pass
 followed by a ``groupByKey`` stage (the shuffle a batch adds to meet each query's candidates in
 one task), and the service's pass over the same vectors kept resident beside the executor
 (:mod:`search.spark.resident`: Spark holds a descriptor per partition, each task maps its
-files): ``resident_over_cache`` is that pass's time over the one that copies the cache. Prints
-JSON; ``--save`` writes ``bench/results/spark-floor-<master>-<rows/1000>k-<dim>.json``.
+files and touches every page of them): ``resident_over_cache`` is that pass's time over the one
+that copies the cache. Then the service's scoring pass itself over those files (listings of four
+images, the service's blocks) for 1 and for 64 queries, from which the capacity model's rates
+derive: ``scan_gb_per_s_per_core`` (one query: the cache read once, less the trivial job) and
+``query_core_ms_at_64`` (the core time each further query of a batch of 64 adds). Prints JSON;
+``--save`` writes ``bench/results/spark-floor-<master>-<rows/1000>k-<dim>.json``.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import math
 import os
 import time
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,13 +35,17 @@ from pyspark.sql import SparkSession
 
 from bench import spark_serve
 from config.settings import SparkSettings
+from schemas.codec import l2_normalise
+from search.scoring import SearchRequest
 from search.spark import resident
-from search.spark.blocks import Block
+from search.spark.blocks import S16, Block
+from search.spark.cache import PassScorer
 from search.spark.resident import Resident
 from search.spark.session import spark_scope
 
 RESULTS = Path(__file__).with_name("results")
 RUNS = 3
+BLOCK_ROWS = SparkSettings().serve_block_rows
 
 
 def _best_ms(job: Callable[[], object]) -> float:
@@ -63,18 +72,49 @@ def _keyed(blocks: Iterable[Any]) -> Iterator[tuple[int, int]]:
     yield from ((j, n) for j in range(8))
 
 
-def _resident_rows(partitions: Iterable[Resident]) -> Iterator[int]:
-    yield sum(b.rows for p in partitions for b in resident.blocks(p))
+def _resident_rows(partitions: Iterable[Resident]) -> Iterator[float]:
+    """Every row's first value of the mapped blocks: each page of the vectors touched, as a
+    scoring pass reads them, without the scoring."""
+    yield sum(float(b.vectors[:, 0].sum(dtype=np.float32)) for p in partitions for b in resident.blocks(p))
+
+
+def _ids(numbers: np.ndarray) -> S16:
+    """Distinct 16-byte ids in the numbers' order (big-endian, a non-zero last byte)."""
+    raw = np.full((len(numbers), 16), 0xAB, dtype=np.uint8)
+    raw[:, :8] = numbers.astype(">u8").view(np.uint8).reshape(-1, 8)
+    return raw.view("S16").ravel()
+
+
+def _service_blocks(x: np.ndarray, partition: int) -> Iterator[Block]:
+    """``x`` laid out as the service's cache: listings of four images, blocks of BLOCK_ROWS."""
+    for start in range(0, len(x), BLOCK_ROWS):
+        rows = np.arange(start, min(len(x), start + BLOCK_ROWS)) + partition * len(x)
+        starts = np.arange(0, len(rows), 4, dtype=np.int64)
+        yield Block(_ids(rows[starts] // 4), starts, _ids(rows), x[start : start + len(rows)])
 
 
 def _kept(vectors: Callable[[int], np.ndarray]) -> Callable[[int, Iterable[int]], Iterator[Resident]]:
     def keep(partition: int, _: Iterable[int]) -> Iterator[Resident]:
-        x = vectors(partition)
-        ids = np.arange(len(x)).astype("S16")
-        block = Block(ids, np.arange(len(x), dtype=np.int64), ids, x)
-        yield resident.keep([block], resident.folder_for("bench-floor", 0, partition), None)
+        blocks = _service_blocks(vectors(partition), partition)
+        yield resident.keep(blocks, resident.folder_for("bench-floor", 0, partition), None)
 
     return keep
+
+
+@dataclass(frozen=True)
+class _Scoring:
+    """The service's pass over a partition's resident blocks: each query's candidates."""
+
+    scorer: PassScorer
+
+    def __call__(self, partitions: Iterable[Resident]) -> Iterator[int]:
+        yield sum(len(r) for _, r in self.scorer(b for p in partitions for b in resident.blocks(p)))
+
+
+def _scoring(dim: int, n: int) -> _Scoring:
+    rng = np.random.default_rng(7)
+    queries = l2_normalise(rng.standard_normal((n, dim), dtype=np.float32))
+    return _Scoring(PassScorer(queries, tuple(SearchRequest(q) for q in queries)))
 
 
 def _sizes(groups: Iterable[tuple[int, Iterable[int]]]) -> Iterator[int]:
@@ -85,7 +125,7 @@ def measure(spark: SparkSession, rows: int, dim: int) -> dict[str, Any]:
     """The floor on ``spark`` (left running: it may be shared)."""
     sc = spark.sparkContext
     cores = sc.defaultParallelism
-    parts = 2 * cores
+    parts = cores
     per = rows // parts
 
     def block(i: int) -> np.ndarray:
@@ -101,6 +141,8 @@ def measure(spark: SparkSession, rows: int, dim: int) -> dict[str, Any]:
     kept = sc.parallelize(range(parts), parts).mapPartitionsWithIndex(_kept(block)).cache()
     kept.count()
     resident_pass = _best_ms(lambda: kept.mapPartitions(_resident_rows).collect())
+    one = _best_ms(lambda: kept.mapPartitions(_scoring(dim, 1)).collect())
+    batch = _best_ms(lambda: kept.mapPartitions(_scoring(dim, 64)).collect())
     kept.unpersist()
     gigabytes = parts * per * dim * 2 / 1e9
     moving_s = max(move - trivial, 1.0) / 1000
@@ -118,6 +160,10 @@ def measure(spark: SparkSession, rows: int, dim: int) -> dict[str, Any]:
         "move_gb_per_s_per_core": _figure(gigabytes / moving_s / cores),
         "pass_over_resident_ms": resident_pass,
         "resident_over_cache": _figure(resident_pass / move),
+        "pass_scoring_1_ms": one,
+        "pass_scoring_64_ms": batch,
+        "scan_gb_per_s_per_core": _figure(gigabytes / cores / (max(one - trivial, 1.0) / 1000)),
+        "query_core_ms_at_64": _figure(max(batch - one, 0.0) / 63 * cores),
     }
 
 

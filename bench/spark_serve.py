@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import re
 import subprocess
@@ -41,7 +40,7 @@ import numpy.typing as npt
 from confluent_kafka import Producer
 
 from bench import api_data, search_data
-from config.settings import SearchSettings
+from config.settings import KafkaSettings, SearchSettings
 from messaging.admin import ensure_topics
 from messaging.broker import EmbeddedBroker
 from messaging.tail import TopicTail
@@ -84,9 +83,8 @@ class Answers:
     a query's waiter wakes on its notice."""
 
     def __init__(self, bootstrap: str) -> None:
-        self._tail = TopicTail(
-            {"bootstrap.servers": bootstrap}, ANSWERS_TOPIC, int(time.time() * 1000) - 1000
-        )
+        conf = KafkaSettings(bootstrap=bootstrap).search_client_config()  # as the API reads them
+        self._tail = TopicTail(conf, ANSWERS_TOPIC, int(time.time() * 1000) - 1000)
         self._waiting: dict[uuid.UUID, tuple[threading.Event, list[AnswerNotice]]] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -259,15 +257,6 @@ def freshness(client: Client, store: Store, bootstrap: str, samples: int, seed: 
     return out
 
 
-def driver_memory(master: str, rows: int, dim: int) -> str | None:
-    """On ``local[*]`` the driver's JVM is the executor that holds the cache: unless
-    ``LOOKALIKE_SPARK_DRIVER_MEMORY`` is set, room for twice the float16 cache and 1 GB more
-    (at least the 2g default); None where the settings decide (a cluster sizes its executors)."""
-    if not master.startswith("local") or "LOOKALIKE_SPARK_DRIVER_MEMORY" in os.environ:
-        return None
-    return f"{max(2, math.ceil(2 * rows * dim * 2 / 1e9) + 1)}g"
-
-
 def _free_port() -> int:
     import socket
 
@@ -351,8 +340,6 @@ def run(
             "LOOKALIKE_SPARK_SERVE_METRICS_PORT": str(metrics_port),
         }
         log = work / "spark-serve.log"
-        if (memory := driver_memory(master, rows, dim)) is not None:
-            env["LOOKALIKE_SPARK_DRIVER_MEMORY"] = memory
         process = stack.enter_context(serving(env, log))
         answers = Answers(bootstrap)
         stack.callback(answers.close)

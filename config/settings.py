@@ -77,6 +77,11 @@ class KafkaSettings(BaseSettings):
     queries_group: str = "lookalike-spark-search"
     """Consumer group of the Spark search service on the queries topic (its committed offsets
     say which queries are answered)."""
+    search_fetch_wait_ms: int = Field(default=10, ge=0)
+    """The search path's readers (queries, answers, the Spark service's follower): how long a
+    fetch waits on the broker for data. Apache Kafka answers a waiting fetch as soon as data
+    arrives; a broker that holds it for the whole wait (the embedded one) adds this much a hop
+    (librdkafka's default, 500 ms, cost about 0.1 s a hop measured)."""
     partitions: int = Field(default=4, ge=1)
     """Partitions of the topics Lookalike creates."""
     replication: int = Field(default=1, ge=1)
@@ -104,6 +109,11 @@ class KafkaSettings(BaseSettings):
         share a group: they would split the images topic, and each fresh upload would be
         embedded by one model only."""
         return f"{self.group}.{model}"
+
+    def search_client_config(self) -> KafkaConfig:
+        """:meth:`client_config` for the search path's topic readers (consumers only): fetches
+        that come back promptly."""
+        return {**self.client_config(), "fetch.wait.max.ms": self.search_fetch_wait_ms}
 
     def client_config(self) -> KafkaConfig:
         """librdkafka options shared by producers, consumers and the admin client."""
@@ -192,7 +202,8 @@ class SparkSettings(BaseSettings):
     master: str = "local[*]"
     """Spark master URL: `local[*]`, `spark://host:7077`, `yarn`, `k8s://...`."""
     shards: int = Field(default=0, ge=0)
-    """Read partitions of `features`; 0: 2 x the default parallelism."""
+    """Read partitions of `features`; 0: 2 x the default parallelism for the batch job, one a
+    core for `lookalike spark-serve`'s cache (a pass is then one wave of tasks)."""
     driver_memory: str = "2g"
     """`spark.driver.memory`."""
     conf: dict[str, str] = Field(default_factory=dict)

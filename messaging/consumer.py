@@ -136,14 +136,19 @@ class ConsumerLoop:
         on_stored: Handler | None = None,
         name: str = "consumer",
         coalesce: bool = False,
+        fetch_wait_ms: int | None = None,
     ) -> None:
         """``on_stored(messages)``: told of each batch once the sink stored it (before its
         offsets are committed); its failure is logged, never raised. ``coalesce``: a batch is
         whatever is waiting (up to ``batch_size``) once the first message is there: a lone
-        message is handed on at once, not held for the poll timeout to fill a batch."""
+        message is handed on at once, not held for the poll timeout to fill a batch.
+        ``fetch_wait_ms``: the consumer's ``fetch.wait.max.ms`` (None: librdkafka's)."""
         self._client_config = client_config
         self._admin: AdminClient | None = None  # made on the first lag lookup
-        self._consumer = Consumer(consumer_config(client_config, group, session_timeout_ms))
+        conf = consumer_config(client_config, group, session_timeout_ms)
+        if fetch_wait_ms is not None:
+            conf["fetch.wait.max.ms"] = fetch_wait_ms
+        self._consumer = Consumer(conf)
         self._consumer.subscribe(
             topics, on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost
         )

@@ -146,7 +146,7 @@ class VectorCache:
             rows_loader = _RowLoader(model, dtype, settings.serve_block_rows)
             rdd = rows.mapPartitionsWithIndex(_Keeper(rows_loader, model.name, generation, replay=False))
         else:
-            n = settings.shards or 2 * sc.defaultParallelism
+            n = settings.shards or sc.defaultParallelism  # one a core: a pass is one wave of tasks
             loader = _ShardLoader(store_url, model, n, dtype, settings.serve_block_rows)
             keeper = _Keeper(loader, model.name, generation, replay=True)
             rdd = sc.parallelize(range(n), n).mapPartitionsWithIndex(keeper)

@@ -58,7 +58,9 @@ class SparkSearchClient:
             ack_timeout_s=kafka.delivery_timeout_s,
             delivery_timeout_s=kafka.delivery_timeout_s,
         )
-        self._tail = TopicTail(conf, kafka.answers_topic, int((time.time() - LOOKBACK_S) * 1000))
+        self._tail = TopicTail(
+            kafka.search_client_config(), kafka.answers_topic, int((time.time() - LOOKBACK_S) * 1000)
+        )
         self._lock = threading.Lock()
         self._waiting: dict[uuid.UUID, _Waiting] = {}
         self._done: OrderedDict[uuid.UUID, AnswerNotice] = OrderedDict()

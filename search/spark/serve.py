@@ -209,7 +209,7 @@ class Service:
         self.fresh = FreshSet(self.store, self.model, self.search.dtype, self.settings.serve_block_rows)
         follower = FreshFollower(
             self.fresh,
-            client,
+            self.kafka.search_client_config(),
             self.kafka.images_topic,
             since_ms,
             self.settings.serve_follow_interval_s,
@@ -233,6 +233,7 @@ class Service:
             batch_size=self.settings.serve_max_batch,
             poll_timeout_s=0.2,
             coalesce=True,
+            fetch_wait_ms=self.kafka.search_fetch_wait_ms,
             name="spark search service",
         )
         try:

@@ -14,7 +14,7 @@ from schemas.codec import l2_normalise
 from schemas.records import Extracted, FeatureBatch, ImageRecord, ModelInfo, StockLevel, as_uuid
 from search import scoring
 from search.scoring import ScoreOptions, SearchRequest
-from search.spark.batch import Stock
+from search.spark.batch import in_stock, result_rows
 from search.spark.blocks import blocks_of
 from search.spark.cache import PassScorer, top_k
 from search.spark.fresh import FreshSet
@@ -89,13 +89,18 @@ def test_top_k_orders_by_score_then_listing_id() -> None:
     assert top_k([[a], [b, c]], 2) == [c, b]
 
 
-def test_stock_lookup_reports_none_where_there_is_no_level() -> None:
-    levels = sorted((uuid.uuid4().bytes, n) for n in (0, 4))
-    stock = Stock(np.array([i for i, _ in levels], "S16"), np.array([n for _, n in levels]))
-    missing = uuid.uuid4().bytes
-    asked = np.array([levels[1][0], missing, levels[0][0]], "S16")
-    assert stock.of(asked) == [levels[1][1], None, levels[0][1]]
-    assert stock.in_stock().tolist() == [i for i, n in levels if n > 0]
+def test_rows_carry_live_stock_and_the_filter_reads_listings_with_stock(sqlite_store: Store) -> None:
+    empty, stocked, unknown = (uuid.uuid4() for _ in range(3))
+    sqlite_store.put_stock([StockLevel(empty, 0, uuid.uuid4()), StockLevel(stocked, 4, uuid.uuid4())])
+    ranked = [scoring.RankedListing(x, 0.5, ()) for x in (stocked, unknown, empty)]
+    names = {stocked: "stocked"}
+    rows = result_rows(ranked, names, sqlite_store.get_stock([stocked, unknown, empty]))
+    assert [(r.listing_id, r.inventory, r.listing_name) for r in rows] == [
+        (stocked, 4, "stocked"),
+        (unknown, None, ""),
+        (empty, 0, ""),
+    ]
+    assert in_stock(sqlite_store).tolist() == [stocked.bytes]
 
 
 @pytest.mark.parametrize(
