@@ -377,7 +377,10 @@ def run(
 
 
 def slug(master: str) -> str:
-    """A master URL as a file-name part: ``local[2]`` -> ``local-2``."""
+    """A master URL as a file-name part: ``local[2]`` -> ``local-2``; a standalone cluster's
+    ``spark://host:port`` -> ``standalone`` (its port changes from run to run)."""
+    if master.startswith("spark://"):
+        return "standalone"
     return re.sub(r"[^a-z0-9]+", "-", master.lower()).strip("-")
 
 
