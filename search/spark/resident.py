@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from pyspark import TaskContext
 
 from search.spark.blocks import FIELDS, Block
 
@@ -94,9 +95,12 @@ def blocks(resident: Resident) -> list[Block]:
 
 
 def _settle() -> None:
-    """Freeze what this worker holds from pass to pass (its imports, its mappings) out of the
-    garbage collector's walks: pyspark's daemon runs ``gc.collect()`` after every task of a
-    reused worker, which walked all of it (about 0.1 s a task, measured on ``local[2]``)."""
+    """In a Spark task's Python worker, freeze what it holds from pass to pass (its imports, its
+    mappings) out of the garbage collector's walks: pyspark's daemon runs ``gc.collect()`` after
+    every task of a reused worker, which walked all of it (about 0.1 s a task, measured on
+    ``local[2]``). Any other process (a driver, a test) is left as it is."""
+    if TaskContext.get() is None:
+        return
     gc.collect()
     gc.freeze()
 
