@@ -27,7 +27,6 @@ import math
 import os
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +38,7 @@ from config.settings import SparkSettings
 from schemas.codec import l2_normalise
 from search.scoring import SearchRequest
 from search.spark import resident
+from search.spark.batch import PassTask
 from search.spark.blocks import S16, Block
 from search.spark.cache import PassScorer
 from search.spark.resident import Resident
@@ -101,20 +101,11 @@ def _kept(vectors: Callable[[int], np.ndarray]) -> Callable[[int, Iterable[int]]
     return keep
 
 
-@dataclass(frozen=True)
-class _Scoring:
-    """The service's pass over a partition's resident blocks: each query's candidates."""
-
-    scorer: PassScorer
-
-    def __call__(self, partitions: Iterable[Resident]) -> Iterator[int]:
-        yield sum(len(r) for _, r in self.scorer(b for p in partitions for b in resident.blocks(p)))
-
-
-def _scoring(dim: int, n: int) -> _Scoring:
+def _pass(dim: int, n: int) -> PassTask:
+    """The service's pass task for ``n`` queries (default options, no stock filter)."""
     rng = np.random.default_rng(7)
     queries = l2_normalise(rng.standard_normal((n, dim), dtype=np.float32))
-    return _Scoring(PassScorer(queries, tuple(SearchRequest(q) for q in queries)))
+    return PassTask(PassScorer(queries, tuple(SearchRequest(q) for q in queries)), None)
 
 
 def _sizes(groups: Iterable[tuple[int, Iterable[int]]]) -> Iterator[int]:
@@ -141,8 +132,9 @@ def measure(spark: SparkSession, rows: int, dim: int) -> dict[str, Any]:
     kept = sc.parallelize(range(parts), parts).mapPartitionsWithIndex(_kept(block)).cache()
     kept.count()
     resident_pass = _best_ms(lambda: kept.mapPartitions(_resident_rows).collect())
-    one = _best_ms(lambda: kept.mapPartitions(_scoring(dim, 1)).collect())
-    batch = _best_ms(lambda: kept.mapPartitions(_scoring(dim, 64)).collect())
+    one_query, batch_of_64 = _pass(dim, 1), _pass(dim, 64)  # count(): the candidates stay in the tasks
+    one = _best_ms(lambda: kept.mapPartitions(one_query).count())
+    batch = _best_ms(lambda: kept.mapPartitions(batch_of_64).count())
     kept.unpersist()
     gigabytes = parts * per * dim * 2 / 1e9
     moving_s = max(move - trivial, 1.0) / 1000

@@ -45,7 +45,7 @@ class Fresh:
 
 
 @dataclass(frozen=True)
-class _Pass:
+class PassTask:
     """Runs in each task of a pass: the resident blocks' candidates for every request (an empty
     list where none qualified, so that every request meets its driver's candidates in the
     writer)."""
@@ -124,7 +124,7 @@ def answer_batch(
     shared = sc.broadcast(stocked) if filtering else None
     try:
         scorer = PassScorer(queries, tuple(requests), fresh.hidden)
-        candidates = cache.rdd.mapPartitions(_Pass(scorer, shared))
+        candidates = cache.rdd.mapPartitions(PassTask(scorer, shared))
         local = PassScorer(queries, tuple(requests), in_stock=stocked, threads=None)
         driver = tuple(local.best(fresh.blocks))  # shipped with the writer: the job keeps its shape
         ks = tuple(r.opts.k for r in requests)
